@@ -1,0 +1,478 @@
+"""The WSOL evaluation protocol of Choe et al. (CVPR 2020), to the last count.
+
+Every rule of ``PROTOCOL.md`` lives here: score-map normalization, the
+integer thresholds of a uint8 map, boxes from OpenCV contours (hole contours
+included, one-pixel-wider boxes), truncated ground-truth boxes, inclusive-pixel
+IoU, MaxBoxAcc / MaxBoxAccV2, PxAP and pIoU. The evaluators keep counts and
+histograms only, so memory does not grow with the number of images.
+
+Speed: a uint8 map has at most 256 distinct foregrounds ``u > T``, so the box
+evaluator thresholds each distinct foreground once (not once per tau), crops
+it to its bounding rows and columns, stacks all of them into one image
+separated by empty rows and calls ``cv2.findContours`` once per map. Boxes,
+polygon areas and IoUs of all contours are then computed with vectorized
+integer arithmetic, which is exact, so the counts equal those of the
+straightforward per-tau loop (``keras_wsol.protocol_reference``).
+
+Example:
+    >>> import numpy as np
+    >>> ev = BoxEvaluator(cam_curve_interval=0.01, resize_length=8)
+    >>> m = np.zeros((1, 8, 8), np.float32); m[0, 2:5, 2:5] = 1.0
+    >>> ev.update(m, [np.array([[2, 2, 5, 5]])])
+    >>> ev.result()["MaxBoxAcc"]
+    100.0
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+IOU_THRESHOLDS = (30, 50, 70)
+DEFAULT_RESIZE_LENGTH = 224
+
+
+def threshold_list(cam_curve_interval: float) -> np.ndarray:
+    """The protocol's taus: ``numpy.arange(0, 1, interval)`` in float64.
+
+    >>> len(threshold_list(0.01)), len(threshold_list(0.001))
+    (100, 1000)
+    """
+    if not 0 < cam_curve_interval < 1:
+        raise ValueError(f"cam_curve_interval must be in (0, 1), got {cam_curve_interval}")
+    return np.arange(0, 1, cam_curve_interval)
+
+
+def normalize_scoremap(scoremap: np.ndarray) -> np.ndarray:
+    """Min-max normalize one map; all zeros if it has a NaN or is constant.
+
+    The arithmetic order is the reference's (subtract the min, then divide by
+    the new max), in the map's own dtype.
+
+    >>> normalize_scoremap(np.array([[1.0, 3.0]])).tolist()
+    [[0.0, 1.0]]
+    """
+    cam = np.array(scoremap, copy=True)
+    if np.isnan(cam).any() or cam.min() == cam.max():
+        return np.zeros_like(cam)
+    cam -= cam.min()
+    cam /= cam.max()
+    return cam
+
+
+def resize_scoremap(scoremap: np.ndarray, resize_length: int = DEFAULT_RESIZE_LENGTH) -> np.ndarray:
+    """Bicubic resize to ``R x R`` (OpenCV), then :func:`normalize_scoremap`.
+
+    >>> resize_scoremap(np.eye(4, dtype=np.float32), 8).shape
+    (8, 8)
+    """
+    cam = np.asarray(scoremap)
+    if cam.dtype not in (np.float32, np.float64):
+        cam = cam.astype(np.float32)
+    cam = cv2.resize(cam, (resize_length, resize_length), interpolation=cv2.INTER_CUBIC)
+    return normalize_scoremap(cam)
+
+
+def check_scoremap(scoremap: np.ndarray, resize_length: int, where: str = "score map") -> None:
+    """Raise ``ValueError`` naming ``where`` unless the map is R x R, finite, in [0, 1]."""
+    if scoremap.ndim != 2 or scoremap.shape != (resize_length, resize_length):
+        raise ValueError(
+            f"{where}: expected a 2-D {resize_length}x{resize_length} score map, got shape {scoremap.shape}"
+        )
+    if not np.issubdtype(scoremap.dtype, np.floating):
+        raise ValueError(f"{where}: expected a float score map, got dtype {scoremap.dtype}")
+    if np.isnan(scoremap).any():
+        raise ValueError(f"{where}: score map contains NaN")
+    if scoremap.min() < 0 or scoremap.max() > 1:
+        raise ValueError(
+            f"{where}: score map values must lie in [0, 1], got [{scoremap.min()}, {scoremap.max()}]"
+        )
+
+
+def resize_box(box: Sequence[float], image_size: tuple[int, int], resize_length: int) -> tuple[int, int, int, int]:
+    """Scale an inclusive ``x0, y0, x1, y1`` box of a ``(width, height)`` image to ``R x R``.
+
+    Float division, then truncation (not rounding), as the reference does.
+
+    >>> resize_box((10, 10, 99, 49), (100, 50), 224)
+    (22, 44, 221, 219)
+    """
+    x0, y0, x1, y1 = map(float, box)
+    width, height = map(float, image_size)
+    r = float(resize_length)
+    return int(x0 * r / width), int(y0 * r / height), int(x1 * r / width), int(y1 * r / height)
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU of inclusive-pixel boxes, ``[A, 4] x [B, 4] -> [A, B]``.
+
+    A non-positive union gives 0, so two ``[0, 0, 0, 0]`` boxes (one pixel
+    each) have IoU 1.
+
+    >>> box_iou(np.array([[0, 0, 0, 0]]), np.array([[0, 0, 0, 0], [0, 0, 1, 1]])).tolist()
+    [[1.0, 0.25]]
+    """
+    a = np.asarray(boxes_a, dtype=np.int64)[:, None, :]
+    b = np.asarray(boxes_b, dtype=np.int64)[None, :, :]
+    inter_w = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    inter_h = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = inter_w * inter_h
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area_a + area_b - inter
+    degenerate = union <= 0
+    iou = inter / np.where(degenerate, 1, union)
+    iou[degenerate] = 0.0
+    return iou
+
+
+def scoremap_to_uint8(scoremap: np.ndarray) -> np.ndarray:
+    """``floor(s * 255)`` as uint8, in the map's own dtype like the reference."""
+    return (scoremap * 255).astype(np.uint8)
+
+
+def integer_thresholds(taus: np.ndarray, max_value: int) -> np.ndarray:
+    """``int(tau * m)`` for every tau, with ``m`` the uint8 map's maximum."""
+    return (np.asarray(taus, dtype=np.float64) * np.float64(max_value)).astype(np.int64)
+
+
+def _trace_tiles(
+    u: np.ndarray, levels: np.ndarray, y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One findContours call over the crops ``u[y0:y1+1, x0:x1+1] >= level`` stacked vertically.
+
+    Returns per contour: the tile it belongs to, its box in map pixels and
+    twice its polygon area, in OpenCV's order within each tile.
+    """
+    height, width = u.shape
+    tile_heights = y1 - y0 + 1
+    # One empty separator row after every tile keeps tiles apart.
+    tile_starts = np.concatenate([[0], np.cumsum(tile_heights + 1)[:-1]])
+    canvas = np.zeros((int(np.sum(tile_heights + 1)), int((x1 - x0 + 1).max())), np.uint8)
+    for i, level in enumerate(levels):
+        top = tile_starts[i]
+        canvas[top : top + tile_heights[i], : x1[i] - x0[i] + 1] = u[y0[i] : y1[i] + 1, x0[i] : x1[i] + 1] >= level
+    contours = cv2.findContours(canvas, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    lengths = np.fromiter((len(c) for c in contours), np.int64, len(contours))
+    points = np.concatenate(contours, axis=0).reshape(-1, 2).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    px, py = points[:, 0], points[:, 1]
+    tile = np.searchsorted(tile_starts, py[starts], side="right") - 1
+    # Shoelace with each contour closed on itself, exactly as contourArea
+    # (integer terms, so the sum is exact).
+    prev = np.arange(len(points)) - 1
+    prev[starts] = starts + lengths - 1
+    twice_area = np.abs(np.add.reduceat(px[prev] * py - py[prev] * px, starts))
+    shift_x = x0[tile]
+    shift_y = y0[tile] - tile_starts[tile]
+    boxes = np.stack(
+        [
+            np.minimum.reduceat(px, starts) + shift_x,
+            np.minimum.reduceat(py, starts) + shift_y,
+            # boundingRect's x + w is one past the last pixel, clipped at R - 1.
+            np.minimum(np.maximum.reduceat(px, starts) + 1 + shift_x, width - 1),
+            np.minimum(np.maximum.reduceat(py, starts) + 1 + shift_y, height - 1),
+        ],
+        axis=1,
+    )
+    order = np.argsort(tile, kind="stable")
+    return tile[order], boxes[order], twice_area[order]
+
+
+class ContourBoxes:
+    """All boxes of one uint8 map at a set of foreground levels.
+
+    ``levels`` are uint8 values present in the map; level ``v`` stands for the
+    foreground ``u >= v`` (that is ``u > T`` for every ``T`` from the next
+    lower present value up to ``v - 1``). Each level's foreground is cropped
+    to its bounding rows and columns plus one pixel (inside the image), which
+    contour tracing cannot tell apart from the whole image, and the crops are
+    traced in stacks of up to 16 map areas, fewer once a call returns more
+    than ``CONTOURS_PER_CALL`` contours: OpenCV's tree building grows faster
+    than linearly with the contours of one call.
+
+    Attributes, one row per contour, grouped by level in OpenCV's own order
+    within a level:
+
+    - ``level_index``: which level the contour belongs to;
+    - ``boxes``: ``[x0, y0, min(x+w, R-1), min(y+h, R-1)]`` in map pixels;
+    - ``twice_area``: twice ``cv2.contourArea``, an exact integer.
+    """
+
+    CONTOURS_PER_CALL = 2048
+
+    def __init__(self, u: np.ndarray, levels: np.ndarray):
+        height, width = u.shape
+        levels = np.asarray(levels, dtype=np.uint8)
+        rows = u.max(axis=1)[None, :] >= levels[:, None]
+        cols = u.max(axis=0)[None, :] >= levels[:, None]
+        y0 = np.maximum(rows.argmax(axis=1) - 1, 0)
+        y1 = np.minimum(height - rows[:, ::-1].argmax(axis=1), height - 1)
+        x0 = np.maximum(cols.argmax(axis=1) - 1, 0)
+        x1 = np.minimum(width - cols[:, ::-1].argmax(axis=1), width - 1)
+        crop_pixels = (y1 - y0 + 2) * (x1 - x0 + 1)
+        budget = 16 * height * width
+        parts = []
+        begin = 0
+        while begin < len(levels):
+            end = begin + max(1, int(np.searchsorted(np.cumsum(crop_pixels[begin:]), budget, side="right")))
+            idx = np.arange(begin, end)
+            tile, boxes, area = _trace_tiles(u, levels[idx], y0[idx], y1[idx], x0[idx], x1[idx])
+            parts.append((idx[tile], boxes, area))
+            if len(boxes) > self.CONTOURS_PER_CALL:
+                budget = max(height * width // 4, budget // 4)
+            begin = end
+        self.level_index = np.concatenate([p[0] for p in parts])
+        self.boxes = np.concatenate([p[1] for p in parts])
+        self.twice_area = np.concatenate([p[2] for p in parts])
+        self.num_levels = len(levels)
+
+    def largest(self) -> np.ndarray:
+        """Index of each level's largest contour (first in OpenCV's order on ties)."""
+        position = np.arange(len(self.level_index))
+        order = np.lexsort((position, -self.twice_area, self.level_index))
+        first = np.concatenate([[True], self.level_index[order][1:] != self.level_index[order][:-1]])
+        return order[first]
+
+
+def best_ious(
+    scoremap: np.ndarray, taus: np.ndarray, gt_boxes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best IoU with any GT box at each tau, single- and multi-contour modes.
+
+    Args:
+        scoremap: ``[R, R]`` float map in [0, 1].
+        taus: thresholds (the protocol's ``arange``, float64).
+        gt_boxes: ``[G, 4]`` inclusive boxes in map pixels.
+
+    Returns:
+        ``(single, multi)``, each ``[len(taus)]`` float64.
+
+    Example:
+        >>> m = np.zeros((8, 8), np.float32); m[2:5, 2:5] = 1.0
+        >>> best_ious(m, np.array([0.0, 0.5]), np.array([[2, 2, 5, 5]]))[0].tolist()
+        [1.0, 1.0]
+    """
+    u = scoremap_to_uint8(scoremap)
+    return _best_ious_uint8(u, integer_thresholds(taus, int(u.max())), gt_boxes)
+
+
+def _best_ious_uint8(u: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_ious` on ``u = floor(255 s)`` at integer thresholds ``T``."""
+    present = np.flatnonzero(np.bincount(u.ravel(), minlength=256))
+    # The foreground u > T is u >= (smallest present value above T); beyond
+    # the maximum it is empty.
+    key = np.searchsorted(present, thresholds, side="right")
+    keys, inverse = np.unique(key, return_inverse=True)
+    filled = keys < len(present)
+    gt = np.asarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
+    empty_iou = box_iou(np.zeros((1, 4), np.int64), gt).max()
+    single = np.full(len(keys), empty_iou)
+    multi = np.full(len(keys), empty_iou)
+    if filled.any():
+        found = ContourBoxes(u, present[keys[filled]].astype(np.uint8))
+        contour_iou = box_iou(found.boxes, gt).max(axis=1)
+        level_starts = np.flatnonzero(np.concatenate([[True], found.level_index[1:] != found.level_index[:-1]]))
+        multi[filled] = np.maximum.reduceat(contour_iou, level_starts)
+        single[filled] = contour_iou[found.largest()]
+    return single[inverse], multi[inverse]
+
+
+class BoxEvaluator:
+    """Streaming MaxBoxAcc / MaxBoxAccV2 (and Top-1 / GT-known Loc) over score maps.
+
+    Both box modes are counted from the same contours: single-contour
+    (largest ``contourArea``) for MaxBoxAcc, Top-1 Loc and GT-known Loc, and
+    multi-contour (every contour, hole contours included) for MaxBoxAccV2.
+
+    Args:
+        cam_curve_interval: spacing of the taus (0.01 or 0.001 in the field).
+        iou_thresholds: IoU levels in percent (MaxBoxAccV2 averages them).
+        resize_length: ``R``; maps must be ``R x R``, boxes in ``R`` pixels.
+        fixed_threshold: a tau also reported on its own (older papers use 0.2).
+
+    Example:
+        >>> ev = BoxEvaluator(resize_length=8, fixed_threshold=0.2)
+        >>> m = np.zeros((1, 8, 8), np.float32); m[0, 1:4, 1:4] = 1.0
+        >>> ev.update(m, [np.array([[1, 1, 4, 4]])], labels=[0], logits=[[2.0, 1.0]])
+        >>> r = ev.result(); r["Top-1 Loc"], r["GT-known Loc@0.2"]
+        (100.0, 100.0)
+    """
+
+    def __init__(
+        self,
+        cam_curve_interval: float = 0.01,
+        iou_thresholds: Iterable[int] = IOU_THRESHOLDS,
+        resize_length: int = DEFAULT_RESIZE_LENGTH,
+        fixed_threshold: float | None = None,
+    ):
+        self.cam_curve_interval = cam_curve_interval
+        self.taus = threshold_list(cam_curve_interval)
+        self.iou_thresholds = tuple(int(t) for t in iou_thresholds)
+        if 50 not in self.iou_thresholds:
+            raise ValueError("iou_thresholds must contain 50 (MaxBoxAcc and GT-known Loc use it)")
+        self.resize_length = resize_length
+        if fixed_threshold is not None and not 0 <= fixed_threshold < 1:
+            raise ValueError(f"fixed_threshold must be in [0, 1), got {fixed_threshold}")
+        self.fixed_threshold = fixed_threshold
+        n = len(self.taus) + (fixed_threshold is not None)
+        # correct[mode][iou] counts images whose best IoU clears the level, per tau.
+        self.correct = {m: {t: np.zeros(n, np.int64) for t in self.iou_thresholds} for m in ("single", "multi")}
+        self.top1_loc = np.zeros(n, np.int64)
+        self.top1_cls = 0
+        self.top5_cls = 0
+        self.num_images = 0
+        self.num_classified = 0
+
+    def update(
+        self,
+        scoremaps: np.ndarray,
+        gt_boxes: Sequence[np.ndarray],
+        labels: Sequence[int] | None = None,
+        logits: np.ndarray | None = None,
+    ) -> None:
+        """Count a batch.
+
+        Args:
+            scoremaps: ``[B, R, R]`` floats in [0, 1] (see :func:`resize_scoremap`).
+            gt_boxes: ``B`` arrays ``[G, 4]`` of boxes in ``R`` pixels.
+            labels: ground-truth classes, with ``logits`` ``[B, C]`` for the
+                classification-aware metrics (Top-1/5 Cls, Top-1 Loc).
+        """
+        scoremaps = np.asarray(scoremaps)
+        if len(scoremaps) != len(gt_boxes):
+            raise ValueError(f"{len(scoremaps)} score maps but {len(gt_boxes)} box lists")
+        for i, s in enumerate(scoremaps):
+            check_scoremap(s, self.resize_length, where=f"score map {self.num_images + i}")
+        taus = self.taus if self.fixed_threshold is None else np.append(self.taus, self.fixed_threshold)
+        items = []
+        for s, gt in zip(scoremaps, gt_boxes):
+            u = scoremap_to_uint8(s)
+            items.append((u, integer_thresholds(taus, int(u.max())), np.asarray(gt, np.int64).reshape(-1, 4)))
+        results = [_best_ious_uint8(*item) for item in items]
+        top1 = None
+        if logits is not None:
+            if labels is None:
+                raise ValueError("logits were given without labels")
+            logits = np.asarray(logits, dtype=np.float64)
+            labels = np.asarray(labels, dtype=np.int64)
+            top1 = logits.argmax(axis=1) == labels
+            k = min(5, logits.shape[1])
+            top5 = (np.argsort(-logits, axis=1, kind="stable")[:, :k] == labels[:, None]).any(axis=1)
+            self.top1_cls += int(top1.sum())
+            self.top5_cls += int(top5.sum())
+            self.num_classified += len(labels)
+        for i, (single, multi) in enumerate(results):
+            for mode, best in (("single", single), ("multi", multi)):
+                for t in self.iou_thresholds:
+                    self.correct[mode][t] += best >= t / 100
+            if top1 is not None and top1[i]:
+                self.top1_loc += single >= 0.5
+        self.num_images += len(items)
+
+    def curves(self) -> dict[str, dict[int, np.ndarray]]:
+        """BoxAcc (percent) per tau for each mode and IoU level."""
+        n = len(self.taus)
+        return {
+            mode: {t: 100.0 * c[:n] / max(self.num_images, 1) for t, c in per_iou.items()}
+            for mode, per_iou in self.correct.items()
+        }
+
+    def result(self) -> dict[str, float]:
+        """The protocol's numbers, accuracies in percent; thresholds are taus in [0, 1)."""
+        if self.num_images == 0:
+            raise ValueError("BoxEvaluator.result() called before any update()")
+        n = len(self.taus)
+        curves = self.curves()
+        single50 = curves["single"][50]
+        best = int(np.argmax(single50))
+        out: dict[str, float] = {
+            "num_images": self.num_images,
+            "cam_curve_interval": self.cam_curve_interval,
+            "MaxBoxAcc": float(single50[best]),
+            "MaxBoxAcc_threshold": float(self.taus[best]),
+            "GT-known Loc": float(single50[best]),
+        }
+        for t in self.iou_thresholds:
+            out[f"MaxBoxAccV2@{t}"] = float(curves["multi"][t].max())
+            out[f"MaxBoxAccV2@{t}_threshold"] = float(self.taus[int(np.argmax(curves["multi"][t]))])
+        out["MaxBoxAccV2"] = float(np.mean([out[f"MaxBoxAccV2@{t}"] for t in self.iou_thresholds]))
+        if self.num_classified:
+            top1_loc = 100.0 * self.top1_loc[:n] / self.num_images
+            out["Top-1 Cls"] = 100.0 * self.top1_cls / self.num_classified
+            out["Top-5 Cls"] = 100.0 * self.top5_cls / self.num_classified
+            out["Top-1 Loc"] = float(top1_loc.max())
+            out["Top-1 Loc_threshold"] = float(self.taus[int(np.argmax(top1_loc))])
+        if self.fixed_threshold is not None:
+            tau = f"@{self.fixed_threshold:g}"
+            out["GT-known Loc" + tau] = 100.0 * float(self.correct["single"][50][n]) / self.num_images
+            if self.num_classified:
+                out["Top-1 Loc" + tau] = 100.0 * float(self.top1_loc[n]) / self.num_images
+        return out
+
+
+class MaskEvaluator:
+    """Streaming PxAP and pIoU from summed score histograms (mask datasets).
+
+    Example:
+        >>> ev = MaskEvaluator(resize_length=4)
+        >>> gt = np.zeros((1, 4, 4), bool); gt[0, :2] = True
+        >>> ev.update(gt.astype(np.float32), gt)
+        >>> ev.result()["PxAP"]
+        100.0
+    """
+
+    def __init__(self, cam_curve_interval: float = 0.01, resize_length: int = DEFAULT_RESIZE_LENGTH):
+        self.cam_curve_interval = cam_curve_interval
+        self.taus = threshold_list(cam_curve_interval)
+        self.resize_length = resize_length
+        # Bins [0, bw), ..., [1 - bw, 1), [1, 2), [2, 3]: a score of 1.0 lands in [1, 2).
+        self.bin_edges = np.append(self.taus, [1.0, 2.0, 3.0])
+        self.positive_hist = np.zeros(len(self.bin_edges) - 1, np.float64)
+        self.negative_hist = np.zeros(len(self.bin_edges) - 1, np.float64)
+        self.num_images = 0
+
+    def update(self, scoremaps: np.ndarray, gt_masks: np.ndarray, ignore_masks: np.ndarray | None = None) -> None:
+        """Add ``[B, R, R]`` maps with boolean foreground masks (and optional ignore masks)."""
+        scoremaps = np.asarray(scoremaps)
+        for i, s in enumerate(scoremaps):
+            check_scoremap(s, self.resize_length, where=f"score map {self.num_images + i}")
+            fg = np.asarray(gt_masks[i], bool)
+            bg = ~fg
+            if ignore_masks is not None:
+                bg &= ~np.asarray(ignore_masks[i], bool)
+            self.positive_hist += np.histogram(s[fg], bins=self.bin_edges)[0]
+            self.negative_hist += np.histogram(s[bg], bins=self.bin_edges)[0]
+        self.num_images += len(scoremaps)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(tp, fp, fn)`` pixel counts from the highest threshold bin down."""
+        tp = self.positive_hist[::-1].cumsum()
+        fp = self.negative_hist[::-1].cumsum()
+        fn = self.positive_hist.sum() - tp
+        if ((tp + fn) <= 0).all():
+            raise ValueError("No positive ground-truth pixels in the evaluated masks.")
+        if ((tp + fp) <= 0).all():
+            raise ValueError("No positive predictions in the evaluated score maps.")
+        return tp, fp, fn
+
+    def pr_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(precision, recall)`` from the highest threshold down (NaN where nothing is predicted)."""
+        tp, fp, fn = self.counts()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return tp / (tp + fp), tp / (tp + fn)
+
+    def result(self) -> dict[str, float]:
+        """PxAP and pIoU in percent."""
+        tp, fp, fn = self.counts()
+        precision, recall = self.pr_curve()
+        predicted = (tp + fp) != 0
+        pxap = 100.0 * float((precision[1:] * np.diff(recall))[predicted[1:]].sum())
+        return {
+            "num_images": self.num_images,
+            "cam_curve_interval": self.cam_curve_interval,
+            "PxAP": pxap,
+            "pIoU": 100.0 * float((tp / (tp + fp + fn)).max()),
+        }
