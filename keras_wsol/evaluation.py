@@ -280,6 +280,22 @@ def _best_ious_uint8(u: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray
     return single[inverse], multi[inverse]
 
 
+def boxes_at_threshold(scoremap: np.ndarray, tau: float, multi_contour: bool = False) -> np.ndarray:
+    """The protocol's boxes ``[K, 4]`` of one ``[R, R]`` map at one tau.
+
+    >>> m = np.zeros((8, 8), np.float32); m[2:5, 2:5] = 1.0
+    >>> boxes_at_threshold(m, 0.5).tolist()
+    [[2, 2, 5, 5]]
+    """
+    u = scoremap_to_uint8(scoremap)
+    present = np.flatnonzero(np.bincount(u.ravel(), minlength=256))
+    key = int(np.searchsorted(present, integer_thresholds([tau], int(u.max()))[0], side="right"))
+    if key == len(present):
+        return np.zeros((1, 4), np.int64)
+    found = ContourBoxes(u, present[key : key + 1].astype(np.uint8))
+    return found.boxes if multi_contour else found.boxes[found.largest()]
+
+
 class BoxEvaluator:
     """Streaming MaxBoxAcc / MaxBoxAccV2 (and Top-1 / GT-known Loc) over score maps.
 

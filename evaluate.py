@@ -1,0 +1,111 @@
+"""Evaluate under the WSOL protocol: a trained workdir, or score maps computed elsewhere.
+
+    python evaluate.py --workdir=runs/default [--split=test]
+    python evaluate.py --scoremap_root=DIR --metadata_root=DIR [--mask_root=DIR] \\
+        [--cam_curve_interval=0.01] [--resize_length=224] --output_json=FILE
+
+The first prints the table (model and trivial baselines) and writes
+metrics.json and pictures to --output_dir (default WORKDIR/eval_SPLIT). The
+second reads ``<scoremap_root>/<image_id>.npy`` for every line of
+image_ids.txt and needs no model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import app, flags
+
+import flags as wsol_flags
+
+wsol_flags.define_data_flags()
+flags.DEFINE_string("workdir", None, "A train.py workdir (its checkpoints/best.keras and flags.txt are used).")
+flags.DEFINE_string("checkpoint", None, "A .keras model file; default WORKDIR/checkpoints/best.keras.")
+flags.DEFINE_enum("split", "test", ("train", "val", "test"), "Split to evaluate.")
+flags.DEFINE_string("output_dir", None, "Where metrics.json and pictures go; default WORKDIR/eval_SPLIT.")
+flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
+flags.DEFINE_string("metadata_root", None, "Evaluator-only mode: metadata folder of one split.")
+flags.DEFINE_string("mask_root", None, "Evaluator-only mode: root of the mask PNGs named in localization.txt.")
+flags.DEFINE_string("output_json", None, "Evaluator-only mode: where to write the metrics.")
+FLAGS = flags.FLAGS
+DATA_FLAGS = ("dataset", "image_size", "num_classes", "train_images_per_class", "eval_images_per_class", "data_seed")
+
+
+def evaluate_scoremap_folder() -> dict:
+    """Evaluator-only mode: score maps on disk against a metadata folder."""
+    from keras_wsol import evaluation
+    from keras_wsol.data.metadata import load_masks, read_metadata
+
+    meta = read_metadata(FLAGS.metadata_root)
+    r = FLAGS.resize_length
+    if meta.is_mask_dataset:
+        if not FLAGS.mask_root:
+            raise app.UsageError(f"--mask_root is required: {FLAGS.metadata_root}/localization.txt lists masks")
+        evaluator = evaluation.MaskEvaluator(FLAGS.cam_curve_interval, r)
+    else:
+        evaluator = evaluation.BoxEvaluator(FLAGS.cam_curve_interval, resize_length=r)
+    for image_id in meta.image_ids:
+        path = os.path.join(FLAGS.scoremap_root, image_id + ".npy")
+        try:
+            scoremap = np.load(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: cannot read score map ({error})") from None
+        evaluation.check_scoremap(scoremap, r, where=path)
+        if meta.is_mask_dataset:
+            foreground, ignore = load_masks(meta, image_id, FLAGS.mask_root, r)
+            evaluator.update(scoremap[None], foreground[None], ignore[None])
+        else:
+            boxes = np.array([evaluation.resize_box(b, meta.sizes[image_id], r) for b in meta.boxes[image_id]])
+            evaluator.update(scoremap[None], [boxes])
+    return evaluator.result()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from keras_wsol import reporting
+
+    if FLAGS.scoremap_root or FLAGS.metadata_root:
+        if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):
+            raise app.UsageError("evaluator-only mode needs --scoremap_root, --metadata_root and --output_json")
+        result = evaluate_scoremap_folder()
+        reporting.write_json(result, FLAGS.output_json)
+        print(reporting.format_table({"score maps": result}))
+        return
+    if not (FLAGS.workdir or FLAGS.checkpoint):
+        raise app.UsageError("pass --workdir (or --checkpoint), or --scoremap_root/--metadata_root/--output_json")
+    if FLAGS.workdir:
+        flagfile = os.path.join(FLAGS.workdir, "flags.txt")
+        if not os.path.isfile(flagfile):
+            raise app.UsageError(f"--workdir={FLAGS.workdir}: no flags.txt; is it a train.py workdir?")
+        # The dataset flags of the training run, unless given on this command line.
+        for arg in FLAGS.read_flags_from_files([f"--flagfile={flagfile}"], force_gnu=False):
+            name, _, value = arg[2:].partition("=")
+            if name in DATA_FLAGS and not FLAGS[name].present:
+                FLAGS[name].parse(value)
+    import keras
+
+    from keras_wsol.data import synthetic
+
+    checkpoint = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "checkpoints", "best.keras")
+    if not os.path.isfile(checkpoint):
+        raise app.UsageError(f"no checkpoint at {checkpoint}")
+    model = keras.models.load_model(checkpoint)
+    split = synthetic.generate(
+        FLAGS.split,
+        num_classes=FLAGS.num_classes,
+        images_per_class=FLAGS.train_images_per_class if FLAGS.split == "train" else FLAGS.eval_images_per_class,
+        image_size=FLAGS.image_size,
+        seed=FLAGS.data_seed,
+    )
+    out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), f"eval_{FLAGS.split}")
+    results = reporting.evaluate_split(
+        model, split, out, FLAGS.cam_curve_interval, FLAGS.resize_length, FLAGS.fixed_threshold
+    )
+    print(reporting.format_table(results))
+    print(f"\nmetrics and pictures: {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,60 @@
+"""absl flags shared by train.py and evaluate.py.
+
+A method never reads these: the scripts turn them into arguments.
+
+Example:
+    >>> from absl import flags as absl_flags
+    >>> define_data_flags(); "dataset" in absl_flags.FLAGS
+    True
+"""
+
+from absl import flags
+
+from keras_wsol.backbones import BACKBONES
+from keras_wsol.methods.registry import METHODS
+
+DATASETS = ("synthetic",)
+FLAGS = flags.FLAGS
+
+
+def define_data_flags() -> None:
+    """Dataset and evaluation-protocol flags."""
+    if "dataset" in FLAGS:
+        return
+    flags.DEFINE_enum("dataset", "synthetic", DATASETS, "Dataset source.")
+    flags.DEFINE_integer("image_size", 96, "Square input side in pixels.", lower_bound=32)
+    flags.DEFINE_integer("num_classes", 8, "Synthetic benchmark: number of classes.", lower_bound=2)
+    flags.DEFINE_integer("train_images_per_class", 120, "Synthetic benchmark: training images per class.", lower_bound=1)
+    flags.DEFINE_integer("eval_images_per_class", 40, "Synthetic benchmark: val/test images per class.", lower_bound=1)
+    flags.DEFINE_integer("data_seed", 0, "Synthetic benchmark: generator seed.")
+    flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
+    flags.DEFINE_float("cam_curve_interval", 0.01, "Spacing of the CAM thresholds (0.01 or 0.001).")
+    flags.DEFINE_integer("resize_length", 224, "Score maps and boxes are evaluated at R x R.", lower_bound=8)
+    flags.DEFINE_float("fixed_threshold", 0.2, "Also report Top-1/GT-known Loc at this fixed tau (older papers).")
+
+
+def define_model_flags() -> None:
+    """Method and backbone flags."""
+    if "method" in FLAGS:
+        return
+    flags.DEFINE_enum("method", "cam", sorted(METHODS), "WSOL method.")
+    flags.DEFINE_enum("backbone", "small", BACKBONES, "Backbone.")
+    flags.DEFINE_string("weights", "none", "Backbone weights: none, imagenet (needs the network) or a .weights.h5 path.")
+    flags.DEFINE_integer("head_channels", 0, "Width of an extra 3x3 conv before GAP (1024 for VGG16 CAM); 0 for none.", lower_bound=0)
+
+
+def define_train_flags() -> None:
+    """Everything train.py needs."""
+    define_data_flags()
+    define_model_flags()
+    flags.DEFINE_string("workdir", "runs/default", "Output folder: checkpoints, logs, flags, evaluation.")
+    flags.DEFINE_integer("epochs", 12, "Training epochs.", lower_bound=1)
+    flags.DEFINE_enum("optimizer", "adam", ("adam", "adamw", "sgd"), "Optimizer.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0)
+    flags.DEFINE_enum("lr_schedule", "cosine", ("constant", "cosine", "step"), "Learning-rate schedule over training.")
+    flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw, sgd).", lower_bound=0)
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_integer("seed", 0, "Random seed for weights, shuffling and augmentation.")
+    flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_float16", "mixed_bfloat16"), "Keras dtype policy.")
+    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step.")
+    flags.DEFINE_boolean("evaluate", True, "Evaluate the best checkpoint on the test split at the end.")

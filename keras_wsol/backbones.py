@@ -1,0 +1,150 @@
+"""Backbones with the WSOL surgery and named feature taps.
+
+``build_backbone(name, input_shape, weights)`` returns a functional
+``keras.Model`` mapping RGB images in [0, 255] to a dict of feature maps
+``{"low", "mid", "high"}``; the backbone's own input preprocessing is the
+first layer, so exported models take raw pixels.
+
+The surgery follows the WSOL protocol code:
+
+- ``vgg16``: pool5 dropped (14x14 at 224).
+- ``resnet50``: stages 4 and 5 with stride 1 (28x28 at 224).
+- ``mobilenet_v2``: the stride-2 blocks 6 and 13 with stride 1 (28x28 at 224).
+- ``inception_v3``: cut after ``mixed7`` (Mixed_6e), stride 16 before padding
+  effects (12x12 at 224).
+- ``small``: a 4-block conv net with BatchNorm (16-128 channels, stride 8),
+  for CPUs, the offline default and the tests.
+
+Example:
+    >>> bb = build_backbone("small", (64, 64, 3))
+    >>> {k: tuple(v.shape[1:3]) for k, v in bb.output.items()}
+    {'high': (8, 8), 'low': (32, 32), 'mid': (16, 16)}
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import keras
+
+from keras_wsol.layers import Preprocess
+
+TAPS = ("low", "mid", "high")
+
+
+def _small(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    if weights == "imagenet":
+        raise ValueError("--weights=imagenet: the 'small' backbone has no ImageNet weights; use none or a file")
+    inputs = keras.Input(input_shape)
+    x = Preprocess("unit", name="preprocess")(inputs)
+    taps = {}
+    for i, (filters, tap) in enumerate(((16, None), (32, "low"), (64, "mid"), (128, "high"))):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
+        # Momentum 0.9: with few steps per epoch the default 0.99 leaves the
+        # moving statistics far behind the weights for several epochs.
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i + 1}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i + 1}_relu")(x)
+        if tap:
+            taps[tap] = x
+        if i < 3:
+            x = keras.layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
+    model = keras.Model(inputs, taps, name="small")
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _with_strides_one(model: keras.Model, strided: dict[str, dict]) -> keras.Model:
+    """Rebuild a functional model with some layers' config changed (strides, padding), same weights."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["name"] in strided:
+            layer["config"].update(strided[layer["name"]])
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _application(
+    factory: Callable[..., keras.Model],
+    mode: str,
+    taps: dict[str, str],
+    surgery: dict[str, dict],
+) -> Callable[[tuple[int, int, int], str | None], keras.Model]:
+    def build(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+        try:
+            net = factory(include_top=False, weights=weights, input_shape=input_shape)
+        except Exception as error:  # the download raises several types
+            if weights == "imagenet":
+                raise RuntimeError(
+                    f"--weights=imagenet: could not fetch the ImageNet weights of {factory.__name__} "
+                    f"({type(error).__name__}: {error}). This needs the network; pass --weights=none "
+                    "or --weights=PATH to a local .weights.h5 file instead."
+                ) from error
+            raise
+        if surgery:
+            net = _with_strides_one(net, surgery)
+        inputs = keras.Input(input_shape)
+        x = Preprocess(mode, name="preprocess")(inputs)
+        features = keras.Model(net.input, {k: net.get_layer(v).output for k, v in taps.items()})
+        return keras.Model(inputs, features(x), name=factory.__name__.lower())
+
+    return build
+
+
+_BUILDERS: dict[str, Callable[[tuple[int, int, int], str | None], keras.Model]] = {
+    "small": _small,
+    "vgg16": _application(
+        keras.applications.VGG16,
+        "caffe",
+        {"low": "block3_conv3", "mid": "block4_conv3", "high": "block5_conv3"},
+        {},
+    ),
+    "resnet50": _application(
+        keras.applications.ResNet50,
+        "caffe",
+        {"low": "conv2_block3_out", "mid": "conv3_block4_out", "high": "conv5_block3_out"},
+        {name: {"strides": (1, 1)} for name in (
+            "conv4_block1_1_conv", "conv4_block1_0_conv", "conv5_block1_1_conv", "conv5_block1_0_conv"
+        )},
+    ),
+    "mobilenet_v2": _application(
+        keras.applications.MobileNetV2,
+        "tf",
+        {"low": "block_2_add", "mid": "block_5_add", "high": "out_relu"},
+        {
+            "block_6_pad": {"padding": ((1, 1), (1, 1))},
+            "block_6_depthwise": {"strides": (1, 1)},
+            "block_13_pad": {"padding": ((1, 1), (1, 1))},
+            "block_13_depthwise": {"strides": (1, 1)},
+        },
+    ),
+    "inception_v3": _application(
+        keras.applications.InceptionV3,
+        "tf",
+        {"low": "mixed0", "mid": "mixed2", "high": "mixed7"},
+        {},
+    ),
+}
+
+BACKBONES = tuple(_BUILDERS)
+
+
+def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+    """Build backbone ``name`` (one of :data:`BACKBONES`) for ``input_shape``.
+
+    Args:
+        name: backbone name.
+        input_shape: ``(H, W, 3)``.
+        weights: ``None``/``"none"`` (random), ``"imagenet"`` (keras.applications
+            download; needs the network) or a path to a ``.weights.h5`` file of
+            the keras.applications model (for ``small``, of this backbone).
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if weights in (None, "none", ""):
+        weights = None
+    elif weights != "imagenet" and not os.path.isfile(weights):
+        raise FileNotFoundError(f"--weights={weights}: no such file (use none, imagenet or a .weights.h5 path)")
+    return _BUILDERS[name](input_shape, weights)

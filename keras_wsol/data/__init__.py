@@ -1,0 +1,1 @@
+"""Dataset sources, metadata folders and tf.data pipelines."""

@@ -1,0 +1,170 @@
+"""``WSOLModel``: backbone + CAM head, the base every method subclasses.
+
+``call`` returns logits (and class activation maps when asked);
+``class_maps`` gives the raw map of one class per image at feature
+resolution (what the protocol resizes); ``localization_maps`` gives it
+resized to the input and min-max normalized, in the graph. ``train_step`` is
+plain cross-entropy, following the keras.io custom-``fit`` idiom; methods
+override it (and ``class_maps`` where their maps differ).
+
+Example:
+    >>> import numpy as np
+    >>> model = WSOLModel(num_classes=3, backbone="small", image_size=32)
+    >>> logits, maps = model(np.zeros((2, 32, 32, 3), "float32"), return_maps=True)
+    >>> tuple(logits.shape), tuple(maps.shape)
+    ((2, 3), (2, 4, 4, 3))
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_wsol.backbones import build_backbone
+
+
+def replica_mean(per_example: tf.Tensor) -> tf.Tensor:
+    """Mean over the global batch: per-replica sum / (replica batch x replicas).
+
+    Under ``tf.distribute`` the optimizer sums gradients over replicas, so
+    each replica's loss is scaled by the global batch size.
+    """
+    per_example = ops.cast(per_example, "float32")
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return ops.sum(per_example) / ops.cast(ops.shape(per_example)[0] * replicas, "float32")
+
+
+def minmax_normalize(maps: tf.Tensor) -> tf.Tensor:
+    """Per-map ``(x - min) / (max - min)`` over the last two axes; constant or NaN maps give zeros."""
+    maps = ops.cast(maps, "float32")
+    low = ops.min(maps, axis=(-2, -1), keepdims=True)
+    high = ops.max(maps, axis=(-2, -1), keepdims=True)
+    span = high - low
+    out = ops.where(span > 0, (maps - low) / ops.where(span > 0, span, 1.0), 0.0)
+    return ops.where(ops.isnan(high), 0.0, out)
+
+
+@keras.saving.register_keras_serializable(package="keras_wsol")
+class WSOLModel(keras.Model):
+    """A classifier whose class activation maps localize objects (the CAM baseline).
+
+    Args:
+        num_classes: number of classes.
+        backbone: a name from ``keras_wsol.backbones.BACKBONES``.
+        image_size: square input side in pixels.
+        weights: backbone weights (``None``, ``"imagenet"`` or a path); not
+            used again when a saved model is loaded.
+        head_channels: if > 0, a 3x3 conv + ReLU of this width between the
+            backbone and GAP (the 1024-channel head of VGG16 CAM).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "small",
+        image_size: int = 96,
+        weights: str | None = None,
+        head_channels: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.backbone_name = backbone
+        self.image_size = image_size
+        self.weights_source = weights
+        self.head_channels = head_channels
+        self.backbone = build_backbone(backbone, (image_size, image_size, 3), weights)
+        self.head = (
+            keras.layers.Conv2D(head_channels, 3, padding="same", activation="relu", name="cam_head")
+            if head_channels
+            else None
+        )
+        self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
+        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        # Create every variable now (one forward pass on zeros): weight loading
+        # and BackupAndRestore need them before fit.
+        self(ops.zeros((1, image_size, image_size, 3)))
+
+    # -- forward -----------------------------------------------------------
+    def features(self, images, training=False) -> dict:
+        """The backbone taps plus ``"cam"``, the map the classifier sees."""
+        taps = dict(self.backbone(images, training=training))
+        taps["cam"] = self.head(taps["high"]) if self.head is not None else taps["high"]
+        return taps
+
+    def cams(self, feature_map) -> tf.Tensor:
+        """Class activation maps ``[B, h, w, C]``: features weighted by the classifier kernel (Eq. 1 of CAM)."""
+        return ops.einsum("bhwk,kc->bhwc", ops.cast(feature_map, "float32"), ops.cast(self.classifier.kernel, "float32"))
+
+    def call(self, images, training=False, return_maps=False):
+        feature_map = self.features(images, training=training)["cam"]
+        logits = self.classifier(self.gap(feature_map))
+        if return_maps:
+            return logits, self.cams(feature_map)
+        return logits
+
+    def class_maps(self, images, class_ids=None) -> tf.Tensor:
+        """Raw maps ``[B, h, w]`` of ``class_ids`` (default: the predicted class)."""
+        logits, maps = self(images, training=False, return_maps=True)
+        if class_ids is None:
+            class_ids = ops.argmax(logits, axis=-1)
+        picked = ops.take_along_axis(maps, ops.reshape(ops.cast(class_ids, "int32"), (-1, 1, 1, 1)), axis=-1)
+        return picked[..., 0]
+
+    def localization_maps(self, images, class_ids=None) -> tf.Tensor:
+        """Maps ``[B, H, W]`` at the input size (bilinear), min-max normalized per image."""
+        maps = self.class_maps(images, class_ids)[..., None]
+        size = ops.shape(images)[1:3]
+        return minmax_normalize(ops.image.resize(maps, size, interpolation="bilinear")[..., 0])
+
+    # -- training ------------------------------------------------------------
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy]
+
+    def classification_loss(self, labels, logits) -> tf.Tensor:
+        """Cross-entropy averaged over the global batch, in float32."""
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
+        return replica_mean(per_example)
+
+    def _update_metrics(self, loss, labels, logits) -> dict:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.loss_tracker.update_state(loss * replicas)
+        self.accuracy.update_state(labels, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        images, labels = data[0], data[1]
+        with tf.GradientTape() as tape:
+            logits = self(images, training=True)
+            loss = self.classification_loss(labels, logits)
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_metrics(loss, labels, logits)
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        logits = self(images, training=False)
+        return self._update_metrics(self.classification_loss(labels, logits), labels, logits)
+
+    # -- serialization ---------------------------------------------------------
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "backbone": self.backbone_name,
+            "image_size": self.image_size,
+            "weights": self.weights_source,
+            "head_channels": self.head_channels,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        # The saved file carries the trained weights: never fetch or read the
+        # original backbone weights again.
+        return cls(**{**config, "weights": None})

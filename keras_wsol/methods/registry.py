@@ -1,0 +1,20 @@
+"""Maps ``--method`` names to model classes.
+
+Example:
+    >>> get_method("cam").__name__
+    'CAM'
+"""
+
+from __future__ import annotations
+
+from keras_wsol.methods.base import WSOLModel
+from keras_wsol.methods.cam import CAM
+
+METHODS: dict[str, type[WSOLModel]] = {"cam": CAM}
+
+
+def get_method(name: str) -> type[WSOLModel]:
+    """The class registered under ``name``; a clear error lists the choices."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]

@@ -1,0 +1,155 @@
+"""Evaluate a model (or precomputed maps) on a split with the protocol; tables, baselines, pictures.
+
+Data flows one way: model -> raw class maps -> protocol resize -> evaluators
+-> numbers and pictures. The evaluators see only score maps and ground truth.
+
+Example:
+    >>> maps = baseline_maps("center_gaussian", 2, 16)
+    >>> maps.shape, float(maps.max())
+    ((2, 16, 16), 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+
+from keras_wsol import evaluation
+from keras_wsol import visualize
+from keras_wsol.data.synthetic import SyntheticSplit
+
+BASELINES = ("full_image", "center_gaussian")
+TABLE_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
+
+
+def baseline_maps(kind: str, count: int, resize_length: int) -> np.ndarray:
+    """Trivial score maps: ``full_image`` (ones, one corner pixel 0 so the
+    constant-map rule does not blank it) or ``center_gaussian`` (sigma R/4)."""
+    r = resize_length
+    if kind == "full_image":
+        single = np.ones((r, r), np.float32)
+        single[0, 0] = 0.0
+    elif kind == "center_gaussian":
+        yy, xx = np.mgrid[0:r, 0:r].astype(np.float32)
+        c, sigma = (r - 1) / 2, r / 4
+        single = evaluation.normalize_scoremap(np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * sigma**2)))
+    else:
+        raise ValueError(f"unknown baseline {kind!r}; choose one of {BASELINES}")
+    return np.broadcast_to(single, (count, r, r))
+
+
+class SplitEvaluation:
+    """Box (and mask, where the split has masks) evaluators for one split."""
+
+    def __init__(self, split: SyntheticSplit, cam_curve_interval: float, resize_length: int, fixed_threshold: float):
+        self.split = split
+        self.resize_length = resize_length
+        size = split.images.shape[1:3][::-1]  # (width, height)
+        self.gt_boxes = [
+            np.array([evaluation.resize_box(b, size, resize_length)], np.int64) for b in split.boxes
+        ]
+        self.boxes = evaluation.BoxEvaluator(cam_curve_interval, resize_length=resize_length, fixed_threshold=fixed_threshold)
+        self.masks = evaluation.MaskEvaluator(cam_curve_interval, resize_length) if split.masks is not None else None
+        self.seen = 0
+
+    def update(self, scoremaps: np.ndarray, logits: np.ndarray | None = None) -> None:
+        """Add ``[B, R, R]`` protocol maps for the next ``B`` images of the split."""
+        lo, hi = self.seen, self.seen + len(scoremaps)
+        labels = self.split.labels[lo:hi]
+        self.boxes.update(scoremaps, self.gt_boxes[lo:hi], labels=labels if logits is not None else None, logits=logits)
+        if self.masks is not None:
+            r = self.resize_length
+            gt = np.stack(
+                [cv2.resize(m.astype(np.float32), (r, r), interpolation=cv2.INTER_NEAREST) > 0.5 for m in self.split.masks[lo:hi]]
+            )
+            self.masks.update(scoremaps, gt)
+        self.seen = hi
+
+    def result(self) -> dict:
+        out = self.boxes.result()
+        if self.masks is not None:
+            mask_result = self.masks.result()
+            out.update(PxAP=mask_result["PxAP"], pIoU=mask_result["pIoU"])
+        return out
+
+
+def model_scoremaps(model, images: np.ndarray, labels: np.ndarray, resize_length: int, batch_size: int = 64):
+    """Yield ``(protocol maps [B, R, R], logits [B, C])`` for the ground-truth class, batch by batch."""
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].astype(np.float32)
+        y = labels[start : start + batch_size]
+        logits = np.asarray(model(x, training=False))
+        raw = np.asarray(model.class_maps(x, y))
+        yield np.stack([evaluation.resize_scoremap(m, resize_length) for m in raw]), logits
+
+
+def evaluate_split(
+    model,
+    split: SyntheticSplit,
+    output_dir: str | None = None,
+    cam_curve_interval: float = 0.01,
+    resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
+    fixed_threshold: float = 0.2,
+    batch_size: int = 64,
+    num_pictures: int = 8,
+) -> dict[str, dict]:
+    """The model and both trivial baselines on ``split``: ``{"model": ..., "full_image": ..., ...}``.
+
+    With ``output_dir``, writes ``metrics.json`` and the pictures there.
+    """
+    runs = {name: SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold) for name in ("model",) + BASELINES}
+    kept_maps = []
+    for maps, logits in model_scoremaps(model, split.images, split.labels, resize_length, batch_size):
+        runs["model"].update(maps, logits)
+        for name in BASELINES:
+            runs[name].update(baseline_maps(name, len(maps), resize_length), logits)
+        if sum(len(m) for m in kept_maps) < 64:
+            kept_maps.append(maps)
+    results = {name: run.result() for name, run in runs.items()}
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        write_json(results, os.path.join(output_dir, "metrics.json"))
+        write_pictures(runs["model"], results["model"], np.concatenate(kept_maps), output_dir, num_pictures, runs)
+    return results
+
+
+def write_pictures(run: SplitEvaluation, result: dict, maps: np.ndarray, output_dir: str, count: int, runs: dict) -> None:
+    """BoxAcc curves (model, with the baselines dashed), PR curve, best and worst overlays."""
+    taus = run.boxes.taus
+    curves = run.boxes.curves()
+    extra = {f"{name} (single, IoU 50)": r.boxes.curves()["single"][50] for name, r in runs.items() if r is not run}
+    visualize.plot_box_acc_curves(taus, curves["multi"], os.path.join(output_dir, "box_acc_multi_contour.png"), "MaxBoxAccV2 curves (multi-contour)")
+    visualize.plot_box_acc_curves(taus, {50: curves["single"][50]}, os.path.join(output_dir, "box_acc_single_contour.png"), "MaxBoxAcc curve (single-contour)", extra)
+    if run.masks is not None:
+        precision, recall = run.masks.pr_curve()
+        visualize.plot_pr_curve(precision, recall, os.path.join(output_dir, "pr_curve.png"), result["PxAP"])
+    tau = result["MaxBoxAcc_threshold"]
+    r = run.resize_length
+    boxes = [evaluation.boxes_at_threshold(m, tau) for m in maps]
+    ious = np.array([evaluation.box_iou(b, g).max() for b, g in zip(boxes, run.gt_boxes)])
+    order = np.argsort(-ious, kind="stable")
+    picks = np.concatenate([order[: count // 2], order[::-1][: count - count // 2]])
+    images = np.stack([cv2.resize(run.split.images[i], (r, r), interpolation=cv2.INTER_LINEAR) for i in picks])
+    titles = [f"{'good' if k < count // 2 else 'bad'}: IoU {ious[i]:.2f}" for k, i in enumerate(picks)]
+    visualize.plot_overlays(images, maps[picks], [boxes[i] for i in picks], [run.gt_boxes[i] for i in picks], titles, os.path.join(output_dir, "overlays.png"))
+
+
+def write_json(data: dict, path: str) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A fixed-width table: one row per run, the protocol's headline numbers."""
+    keys = [k for k in TABLE_KEYS if any(k in r for r in results.values())]
+    header = f"{'':18s}" + "".join(f"{k:>14s}" for k in keys)
+    rows = [header]
+    for name, r in results.items():
+        rows.append(f"{name:18s}" + "".join(f"{r[k]:14.2f}" if k in r else f"{'-':>14s}" for k in keys))
+    return "\n".join(rows)

@@ -1,0 +1,78 @@
+"""train.py and evaluate.py end to end on a tiny synthetic run, and their errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_wsol.data import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--image_size=40", "--num_classes=3", "--train_images_per_class=8", "--eval_images_per_class=4",
+        "--batch_size=8", "--epochs=2"]
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("run"))
+    result = run("train.py", f"--workdir={path}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MaxBoxAccV2" in result.stdout and "center_gaussian" in result.stdout
+    return path
+
+
+def test_train_writes_checkpoints_flags_logs_and_pictures(workdir):
+    for name in ("flags.txt", "log.csv", "checkpoints/best.keras", "checkpoints/last.keras",
+                 "eval_test/metrics.json", "eval_test/overlays.png", "eval_test/box_acc_multi_contour.png",
+                 "eval_test/pr_curve.png"):
+        assert os.path.isfile(os.path.join(workdir, name)), name
+    assert "--image_size=40" in open(os.path.join(workdir, "flags.txt")).read()
+    metrics = json.load(open(os.path.join(workdir, "eval_test/metrics.json")))
+    assert metrics["model"]["num_images"] == 12 and set(metrics) == {"model", "full_image", "center_gaussian"}
+
+
+def test_evaluate_workdir_reuses_the_run_flags(workdir, tmp_path):
+    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.load(open(tmp_path / "metrics.json"))["model"]["num_images"] == 12
+
+
+def test_evaluator_only_mode_boxes_and_masks(tmp_path):
+    split = synthetic.generate("test", num_classes=2, images_per_class=3, image_size=40)
+    synthetic.write_metadata_folder(split, str(tmp_path), "test")
+    maps = tmp_path / "maps"
+    for image_id, mask in zip(split.image_ids, split.masks):
+        os.makedirs(maps / os.path.dirname(image_id), exist_ok=True)
+        import cv2
+        np.save(maps / (image_id + ".npy"), cv2.resize(mask.astype(np.float32), (224, 224), interpolation=cv2.INTER_NEAREST))
+    out = tmp_path / "boxes.json"
+    result = run("evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    boxes = json.load(open(out))
+    for key in ("num_images", "cam_curve_interval", "MaxBoxAcc", "MaxBoxAcc_threshold", "MaxBoxAccV2",
+                "MaxBoxAccV2@30", "MaxBoxAccV2@50", "MaxBoxAccV2@70"):
+        assert key in boxes
+    assert boxes["num_images"] == 6 and boxes["MaxBoxAcc"] == 100.0
+    out = tmp_path / "masks.json"
+    result = run("evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata_masks/test",
+                 f"--mask_root={tmp_path}/masks", f"--output_json={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.load(open(out))["PxAP"] == pytest.approx(100.0)
+    os.remove(maps / (split.image_ids[1] + ".npy"))
+    result = run("evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}")
+    assert result.returncode != 0 and split.image_ids[1] + ".npy" in result.stderr
+
+
+@pytest.mark.parametrize("flag,choices", [("--method=foo", "cam"), ("--backbone=foo", "mobilenet_v2"), ("--dataset=foo", "synthetic")])
+def test_unknown_choices_fail_at_once_listing_valid_ones(flag, choices, tmp_path):
+    result = run("train.py", flag, f"--workdir={tmp_path}")
+    assert result.returncode != 0 and choices in result.stderr and "should be one of" in result.stderr
+    assert not os.listdir(tmp_path)

@@ -1,0 +1,85 @@
+"""Backbones, the CAM baseline's train step, save/load and a short fit."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_wsol.backbones import BACKBONES, build_backbone
+from keras_wsol.data import pipeline, synthetic
+from keras_wsol.methods import CAM, WSOLModel, get_method
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_builds_and_takes_a_train_step(name):
+    keras.utils.set_random_seed(0)
+    size = 75 if name == "inception_v3" else 64
+    bb = build_backbone(name, (size, size, 3))
+    assert set(bb.output) == {"low", "mid", "high"}
+    model = CAM(num_classes=3, backbone=name, image_size=size)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    logs = model.train_on_batch(x, np.array([0, 2]), return_dict=True)
+    assert np.isfinite(logs["loss"])
+
+
+def test_large_feature_map_surgery():
+    assert tuple(build_backbone("resnet50", (224, 224, 3)).output["high"].shape[1:3]) == (28, 28)
+    assert tuple(build_backbone("mobilenet_v2", (224, 224, 3)).output["high"].shape[1:3]) == (28, 28)
+    assert tuple(build_backbone("vgg16", (224, 224, 3)).output["high"].shape[1:3]) == (14, 14)
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ValueError, match="small, vgg16"):
+        build_backbone("alexnet", (32, 32, 3))
+    with pytest.raises(ValueError, match="choose one of cam"):
+        get_method("nope")
+    with pytest.raises(FileNotFoundError, match="--weights=/no/such"):
+        build_backbone("small", (32, 32, 3), "/no/such.weights.h5")
+
+
+def test_cam_train_step_changes_loss_and_weights():
+    keras.utils.set_random_seed(1)
+    model = CAM(num_classes=2, backbone="small", image_size=32)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1, 0, 1])
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    first = model.train_on_batch(x, y, return_dict=True)["loss"]
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    assert all(changed)
+    second = model.train_on_batch(x, y, return_dict=True)["loss"]
+    assert second != first
+
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = CAM(num_classes=3, backbone="small", image_size=32, head_channels=8)
+    model.compile(optimizer="adam")
+    x = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, CAM) and loaded.get_config()["head_channels"] == 8
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(loaded(x)))
+    np.testing.assert_array_equal(np.asarray(model.class_maps(x, [0, 1, 2, 0])), np.asarray(loaded.class_maps(x, [0, 1, 2, 0])))
+
+
+def test_maps_are_the_classifier_weighted_features():
+    model = WSOLModel(num_classes=2, backbone="small", image_size=32)
+    x = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    feats = np.asarray(model.features(x)["cam"])
+    kernel = model.classifier.kernel.numpy()
+    np.testing.assert_allclose(np.asarray(model.class_maps(x, [1, 0])), np.stack([feats[0] @ kernel[:, 1], feats[1] @ kernel[:, 0]]), rtol=1e-5, atol=1e-5)
+    maps = np.asarray(model.localization_maps(x, [1, 0]))
+    assert maps.shape == (2, 32, 32) and maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
+
+
+def test_short_fit_on_synthetic_data_lowers_the_loss():
+    keras.utils.set_random_seed(4)
+    data = synthetic.generate("train", num_classes=4, images_per_class=24, image_size=48)
+    ds = pipeline.training_dataset(data.images, data.labels, batch_size=16, seed=0)
+    model = CAM(num_classes=4, backbone="small", image_size=48)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = model.fit(ds, epochs=4, verbose=0).history["loss"]
+    assert history[-1] < history[0] * 0.8

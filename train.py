@@ -1,0 +1,119 @@
+"""Train a WSOL method with model.fit, then evaluate it under the protocol.
+
+    python train.py                                  # CAM on the offline synthetic benchmark
+    python train.py --method=cam --backbone=mobilenet_v2 --image_size=224 --workdir=runs/mnv2
+    python train.py --flagfile=runs/default/flags.txt   # repeat a run
+
+Writes to --workdir: flags.txt, checkpoints/{best,last}.keras, log.csv,
+tensorboard/ (with CAM overlays), backup/ (resume), eval_test/ (metrics.json,
+pictures).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+
+import flags as wsol_flags
+
+wsol_flags.define_train_flags()
+FLAGS = wsol_flags.FLAGS
+
+
+def build_optimizer(steps: int):
+    """The optimizer of --optimizer with the --lr_schedule over ``steps`` updates."""
+    import keras
+
+    lr = FLAGS.learning_rate
+    if FLAGS.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1))
+    elif FLAGS.lr_schedule == "step":
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [int(steps * 0.5), int(steps * 0.75)], [lr, lr * 0.1, lr * 0.01]
+        )
+    if FLAGS.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay or None)
+    if FLAGS.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=FLAGS.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+def write_flagfile(path: str) -> None:
+    """Save the non-default flags of this run so it can be repeated with --flagfile."""
+    lines = [f.serialize() for module in (sys.argv[0], "flags") for f in FLAGS.get_flags_for_module(module)]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(sorted(set(lines))) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import keras
+
+    from keras_wsol import reporting
+    from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger
+    from keras_wsol.data import pipeline, synthetic
+    from keras_wsol.methods import get_method
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+    workdir = FLAGS.workdir
+    os.makedirs(workdir, exist_ok=True)
+    write_flagfile(os.path.join(workdir, "flags.txt"))
+
+    data = {
+        split: synthetic.generate(
+            split,
+            num_classes=FLAGS.num_classes,
+            images_per_class=FLAGS.train_images_per_class if split == "train" else FLAGS.eval_images_per_class,
+            image_size=FLAGS.image_size,
+            seed=FLAGS.data_seed,
+        )
+        for split in synthetic.SPLITS
+    }
+    train_ds = pipeline.training_dataset(data["train"].images, data["train"].labels, FLAGS.batch_size, FLAGS.seed)
+    val_ds = pipeline.eval_dataset(data["val"].images, data["val"].labels, FLAGS.batch_size)
+    steps = FLAGS.epochs * (len(data["train"].labels) // FLAGS.batch_size)
+
+    model = get_method(FLAGS.method)(
+        num_classes=FLAGS.num_classes,
+        backbone=FLAGS.backbone,
+        image_size=FLAGS.image_size,
+        weights=FLAGS.weights,
+        head_channels=FLAGS.head_channels,
+    )
+    model.compile(optimizer=build_optimizer(steps), jit_compile=FLAGS.jit_compile)
+    ckpt = os.path.join(workdir, "checkpoints")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+        AtomicCheckpoint(os.path.join(ckpt, "best.keras"), monitor="val_loss", mode="min"),
+        AtomicCheckpoint(os.path.join(ckpt, "last.keras")),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        CAMOverlayLogger(os.path.join(workdir, "tensorboard"), data["val"].images[:8], data["val"].labels[:8]),
+    ]
+    model.fit(train_ds, validation_data=val_ds, epochs=FLAGS.epochs, callbacks=callbacks, verbose=2)
+
+    if FLAGS.evaluate:
+        best = keras.models.load_model(os.path.join(ckpt, "best.keras"))
+        out = os.path.join(workdir, "eval_test")
+        results = reporting.evaluate_split(
+            best,
+            data["test"],
+            out,
+            cam_curve_interval=FLAGS.cam_curve_interval,
+            resize_length=FLAGS.resize_length,
+            fixed_threshold=FLAGS.fixed_threshold,
+        )
+        print(f"\nTest split ({len(data['test'].labels)} images), {FLAGS.method} / {FLAGS.backbone}:")
+        print(reporting.format_table(results))
+        print(f"\nmetrics and pictures: {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
