@@ -86,19 +86,11 @@ def main(argv: list[str]) -> None:
                 FLAGS[name].parse(value)
     import keras
 
-    from keras_wsol.data import synthetic
-
     checkpoint = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "checkpoints", "best.keras")
     if not os.path.isfile(checkpoint):
         raise app.UsageError(f"no checkpoint at {checkpoint}")
     model = keras.models.load_model(checkpoint)
-    split = synthetic.generate(
-        FLAGS.split,
-        num_classes=FLAGS.num_classes,
-        images_per_class=FLAGS.train_images_per_class if FLAGS.split == "train" else FLAGS.eval_images_per_class,
-        image_size=FLAGS.image_size,
-        seed=FLAGS.data_seed,
-    )
+    split = wsol_flags.load_split(FLAGS.split)
     out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), f"eval_{FLAGS.split}")
     results = reporting.evaluate_split(
         model, split, out, FLAGS.cam_curve_interval, FLAGS.resize_length, FLAGS.fixed_threshold

@@ -66,16 +66,7 @@ def main(argv: list[str]) -> None:
     os.makedirs(workdir, exist_ok=True)
     write_flagfile(os.path.join(workdir, "flags.txt"))
 
-    data = {
-        split: synthetic.generate(
-            split,
-            num_classes=FLAGS.num_classes,
-            images_per_class=FLAGS.train_images_per_class if split == "train" else FLAGS.eval_images_per_class,
-            image_size=FLAGS.image_size,
-            seed=FLAGS.data_seed,
-        )
-        for split in synthetic.SPLITS
-    }
+    data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
     train_ds = pipeline.training_dataset(data["train"].images, data["train"].labels, FLAGS.batch_size, FLAGS.seed)
     val_ds = pipeline.eval_dataset(data["val"].images, data["val"].labels, FLAGS.batch_size)
     steps = FLAGS.epochs * (len(data["train"].labels) // FLAGS.batch_size)

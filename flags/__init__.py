@@ -33,6 +33,19 @@ def define_data_flags() -> None:
     flags.DEFINE_float("fixed_threshold", 0.2, "Also report Top-1/GT-known Loc at this fixed tau (older papers).")
 
 
+def load_split(split: str):
+    """The ``split`` of the dataset the data flags describe."""
+    from keras_wsol.data import synthetic
+
+    return synthetic.generate(
+        split,
+        num_classes=FLAGS.num_classes,
+        images_per_class=FLAGS.train_images_per_class if split == "train" else FLAGS.eval_images_per_class,
+        image_size=FLAGS.image_size,
+        seed=FLAGS.data_seed,
+    )
+
+
 def define_model_flags() -> None:
     """Method and backbone flags."""
     if "method" in FLAGS:
