@@ -1,12 +1,17 @@
 """Evaluate under the WSOL protocol: a trained workdir, or score maps computed elsewhere.
 
     python evaluate.py --workdir=runs/default [--split=test]
+    python evaluate.py --workdir=runs/default --localizer=bagcams --layer=mid
+    python evaluate.py --workdir=runs/default --localizer=all --layer=all
     python evaluate.py --scoremap_root=DIR --metadata_root=DIR [--mask_root=DIR] \\
         [--cam_curve_interval=0.01] [--resize_length=224] --output_json=FILE
 
 The first prints the table (model and trivial baselines) and writes
-metrics.json and pictures to --output_dir (default WORKDIR/eval_SPLIT). The
-second reads ``<scoremap_root>/<image_id>.npy`` for every line of
+metrics.json and pictures to --output_dir (default WORKDIR/eval_SPLIT, or
+WORKDIR/eval_SPLIT_LOCALIZER_LAYER with another localizer). With ``all`` for
+--localizer or --layer it sweeps every localizer over every feature tap (CAM
+only at the classifier's layer) and writes localizers.json. The last
+reads ``<scoremap_root>/<image_id>.npy`` for every line of
 image_ids.txt and needs no model.
 """
 
@@ -18,12 +23,20 @@ import numpy as np
 from absl import app, flags
 
 import flags as wsol_flags
+from keras_wsol.localizers import LOCALIZERS
 
 wsol_flags.define_data_flags()
 flags.DEFINE_string("workdir", None, "A train.py workdir (its checkpoints/best.keras and flags.txt are used).")
 flags.DEFINE_string("checkpoint", None, "A .keras model file; default WORKDIR/checkpoints/best.keras.")
 flags.DEFINE_enum("split", "test", ("train", "val", "test"), "Split to evaluate.")
 flags.DEFINE_string("output_dir", None, "Where metrics.json and pictures go; default WORKDIR/eval_SPLIT.")
+flags.DEFINE_enum("localizer", "cam", (*LOCALIZERS, "all"),
+                  "How score maps are made from the checkpoint (keras_wsol.localizers); all: sweep them.")
+flags.DEFINE_string("layer", None, "Layer for the localizer: low, mid, high, cam (WSOLModel taps) or a layer name; "
+                    "all: every tap. Default: the classifier's layer.")
+flags.DEFINE_enum("localizer_score", "logit", ("logit", "softmax"), "Score the localizer differentiates.")
+flags.DEFINE_enum("guided", "default", ("default", "on", "off"),
+                  "Guided backprop through the ReLUs above the layer (default: on for bagcams only).")
 flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
 flags.DEFINE_string("metadata_root", None, "Evaluator-only mode: metadata folder of one split.")
 flags.DEFINE_string("mask_root", None, "Evaluator-only mode: root of the mask PNGs named in localization.txt.")
@@ -64,7 +77,7 @@ def evaluate_scoremap_folder() -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from keras_wsol import reporting
+    from keras_wsol import localizers, reporting
 
     if FLAGS.scoremap_root or FLAGS.metadata_root:
         if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):
@@ -91,10 +104,27 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"no checkpoint at {checkpoint}")
     model = keras.models.load_model(checkpoint)
     split = wsol_flags.load_split(FLAGS.split)
-    out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), f"eval_{FLAGS.split}")
-    results = reporting.evaluate_split(
-        model, split, out, FLAGS.cam_curve_interval, FLAGS.resize_length, FLAGS.fixed_threshold
-    )
+    base = FLAGS.workdir or os.path.dirname(checkpoint)
+    options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
+    protocol = dict(cam_curve_interval=FLAGS.cam_curve_interval, resize_length=FLAGS.resize_length,
+                    fixed_threshold=FLAGS.fixed_threshold)
+    try:
+        if "all" in (FLAGS.localizer, FLAGS.layer):
+            methods = list(localizers.LOCALIZERS) if FLAGS.localizer == "all" else [FLAGS.localizer]
+            layers = localizers.feature_layers(model) if FLAGS.layer == "all" else [FLAGS.layer or localizers.classifier_layer(model)]
+            out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers")
+            results = reporting.sweep_localizers(model, split, methods, layers, **protocol, **options)
+            os.makedirs(out, exist_ok=True)
+            reporting.write_json(results, os.path.join(out, "localizers.json"))
+            print(reporting.format_table(results))
+            print(f"\nmetrics: {out}/localizers.json")
+            return
+        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
+    except ValueError as error:
+        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
+    suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
+    out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
+    results = reporting.evaluate_split(model, split, out, **protocol, localizer=localizer)
     print(reporting.format_table(results))
     print(f"\nmetrics and pictures: {out}")
 

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from keras_wsol import evaluation
+from keras_wsol import localizers
 from keras_wsol import visualize
 from keras_wsol.data.synthetic import SyntheticSplit
 
@@ -76,14 +77,15 @@ class SplitEvaluation:
         return out
 
 
-def model_scoremaps(model, images: np.ndarray, labels: np.ndarray, resize_length: int, batch_size: int = 64):
-    """Yield ``(protocol maps [B, R, R], logits [B, C])`` for the ground-truth class, batch by batch."""
+def model_scoremaps(localizer, images: np.ndarray, labels: np.ndarray, resize_length: int, batch_size: int = 64):
+    """Yield ``(protocol maps [B, R, R], logits [B, C])`` for the ground-truth class, batch by batch.
+
+    ``localizer`` is a :class:`keras_wsol.localizers.Localizer`; its raw maps
+    (feature resolution) get the protocol's resize, as CAMs do.
+    """
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].astype(np.float32)
-        y = labels[start : start + batch_size]
-        logits = np.asarray(model(x, training=False))
-        raw = np.asarray(model.class_maps(x, y))
-        yield np.stack([evaluation.resize_scoremap(m, resize_length) for m in raw]), logits
+        raw, logits = localizer.raw_maps(images[start : start + batch_size].astype(np.float32), labels[start : start + batch_size])
+        yield np.stack([evaluation.resize_scoremap(m, resize_length) for m in np.asarray(raw)]), np.asarray(logits)
 
 
 def evaluate_split(
@@ -95,14 +97,17 @@ def evaluate_split(
     fixed_threshold: float = 0.2,
     batch_size: int = 64,
     num_pictures: int = 8,
+    localizer=None,
 ) -> dict[str, dict]:
     """The model and both trivial baselines on ``split``: ``{"model": ..., "full_image": ..., ...}``.
 
-    With ``output_dir``, writes ``metrics.json`` and the pictures there.
+    The model's maps come from ``localizer`` (default: CAM at the classifier
+    layer). With ``output_dir``, writes ``metrics.json`` and the pictures there.
     """
+    localizer = localizer or localizers.get_localizer(model, "cam")
     runs = {name: SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold) for name in ("model",) + BASELINES}
     kept_maps = []
-    for maps, logits in model_scoremaps(model, split.images, split.labels, resize_length, batch_size):
+    for maps, logits in model_scoremaps(localizer, split.images, split.labels, resize_length, batch_size):
         runs["model"].update(maps, logits)
         for name in BASELINES:
             runs[name].update(baseline_maps(name, len(maps), resize_length), logits)
@@ -113,6 +118,35 @@ def evaluate_split(
         os.makedirs(output_dir, exist_ok=True)
         write_json(results, os.path.join(output_dir, "metrics.json"))
         write_pictures(runs["model"], results["model"], np.concatenate(kept_maps), output_dir, num_pictures, runs)
+    return results
+
+
+def sweep_localizers(
+    model,
+    split: SyntheticSplit,
+    methods: list[str],
+    layers: list[str],
+    cam_curve_interval: float = 0.01,
+    resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
+    fixed_threshold: float = 0.2,
+    batch_size: int = 64,
+    **options,
+) -> dict[str, dict]:
+    """Every localizer at every layer on ``split``: ``{"bagcams@low": {...}, ...}`` (Tables 4-6 of BagCAMs).
+
+    CAM exists only at a WSOLModel's classifier layer (``cam``, or ``high``
+    when there is no extra head); other layers are left out for it.
+    """
+    results = {}
+    for layer in layers:
+        for method in methods:
+            if method == "cam" and layer not in ("cam", localizers.classifier_layer(model)):
+                continue
+            localizer = localizers.get_localizer(model, method, layer, **options)
+            run = SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold)
+            for maps, logits in model_scoremaps(localizer, split.images, split.labels, resize_length, batch_size):
+                run.update(maps, logits)
+            results[f"{method}@{layer}"] = run.result()
     return results
 
 

@@ -76,3 +76,18 @@ def test_unknown_choices_fail_at_once_listing_valid_ones(flag, choices, tmp_path
     result = run("train.py", flag, f"--workdir={tmp_path}")
     assert result.returncode != 0 and choices in result.stderr and "should be one of" in result.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_evaluate_with_any_localizer_and_the_sweep(workdir, tmp_path):
+    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", "--localizer=bagcams", "--layer=mid")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(os.path.join(workdir, "eval_val_bagcams_mid", "metrics.json"))
+    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", "--localizer=all", "--layer=all", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = json.load(open(tmp_path / "localizers.json"))
+    expected = {f"{m}@{layer}" for m in ("gradcam", "gradcam_pp", "pcs", "bagcams") for layer in ("low", "mid", "high")}
+    assert set(sweep) == expected | {"cam@high"}
+    assert all(r["num_images"] == 12 and 0 <= r["MaxBoxAccV2"] <= 100 for r in sweep.values())
+    assert "bagcams@low" in result.stdout
+    result = run("evaluate.py", f"--workdir={workdir}", "--localizer=gradcam", "--layer=nope")
+    assert result.returncode != 0 and "--layer=nope" in result.stderr and "no layer named 'nope'" in result.stderr

@@ -99,20 +99,35 @@ class WSOLModel(keras.Model):
         """Class activation maps ``[B, h, w, C]``: features weighted by the classifier kernel (Eq. 1 of CAM)."""
         return ops.einsum("bhwk,kc->bhwc", ops.cast(feature_map, "float32"), ops.cast(self.classifier.kernel, "float32"))
 
+    def logits_and_features(self, images, training=False) -> tuple[tf.Tensor, dict]:
+        """Logits and every feature tap (``low``, ``mid``, ``high``, ``cam``) of one forward pass.
+
+        The taps are the tensors the logits were computed from, so gradients
+        of the logits with respect to them are defined (post-hoc localizers).
+        """
+        taps = self.features(images, training=training)
+        return self.classifier(self.gap(taps["cam"])), taps
+
     def call(self, images, training=False, return_maps=False):
-        feature_map = self.features(images, training=training)["cam"]
-        logits = self.classifier(self.gap(feature_map))
+        logits, taps = self.logits_and_features(images, training=training)
         if return_maps:
-            return logits, self.cams(feature_map)
+            return logits, self.cams(taps["cam"])
         return logits
 
-    def class_maps(self, images, class_ids=None) -> tf.Tensor:
-        """Raw maps ``[B, h, w]`` of ``class_ids`` (default: the predicted class)."""
+    def logits_and_class_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Logits and the raw maps ``[B, h, w]`` of ``class_ids`` (default: the predicted class).
+
+        Methods whose maps differ from CAM override this one method.
+        """
         logits, maps = self(images, training=False, return_maps=True)
         if class_ids is None:
             class_ids = ops.argmax(logits, axis=-1)
         picked = ops.take_along_axis(maps, ops.reshape(ops.cast(class_ids, "int32"), (-1, 1, 1, 1)), axis=-1)
-        return picked[..., 0]
+        return logits, picked[..., 0]
+
+    def class_maps(self, images, class_ids=None) -> tf.Tensor:
+        """Raw maps ``[B, h, w]`` of ``class_ids`` (default: the predicted class)."""
+        return self.logits_and_class_maps(images, class_ids)[1]
 
     def localization_maps(self, images, class_ids=None) -> tf.Tensor:
         """Maps ``[B, H, W]`` at the input size (bilinear), min-max normalized per image."""

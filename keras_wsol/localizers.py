@@ -1,0 +1,383 @@
+"""Post-hoc localizers: CAM, GradCAM, GradCAM++, PCS and BagCAMs on any layer of any Keras classifier.
+
+One base class, :class:`Localizer`, holds the shared machinery: it finds the
+layer, runs one batched forward pass under a ``GradientTape`` (compiled with
+``tf.function``), takes the gradient ``G`` of the class score with respect to
+the layer's features ``Z`` and hands ``(Z, G)`` to :meth:`Localizer.weigh`,
+the one method each variant overrides. Maps are ReLU'd by the variant where
+it says so, upsampled bilinearly (half-pixel centres) and min-max normalized
+per image.
+
+The formulas follow BagCAMs (Zhu et al., ECCV 2022), Eq. 12 and Table 1, with
+the choices of its official implementation as defaults:
+
+* ``bagcams``: ``G = d log(s_k) / dZ`` with ``s_k`` the raw logit of class
+  ``k`` (the logit gradient divided by the logit), gradients clamped at zero
+  at every ReLU between the layer and the logits (guided backpropagation),
+  ``map = sum_c ReLU((1 + mean_m (G*Z)_c) * (G*Z)_c)``.
+* ``gradcam``: raw-logit gradient, ``ReLU(sum_c mean_m(G_c) Z_c)``.
+* ``gradcam_pp``: ``alpha = G^2 / (2 G^2 + sum_m Z G^3)``, weights
+  ``sum_m alpha * ReLU(exp(s_k) G)``, ``ReLU(sum_c w_c Z_c)``. The factor
+  ``exp(s_k)`` is one positive number per image, so it only scales the map
+  and disappears in the min-max normalization; it is left out, which also
+  avoids ``exp`` overflowing for logits above ~88.
+* ``pcs``: ``ReLU(sum_c G_c Z_c)``.
+* ``cam``: ``sum_c mean_m(G_c) Z_c`` without ReLU, which is Zhou et al.'s CAM
+  up to a positive factor when the layer feeds GAP and a linear classifier.
+  On a :class:`~keras_wsol.methods.base.WSOLModel` at its classifier layer it
+  is the model's own map (``logits_and_class_maps``), so methods whose maps
+  differ from plain CAM keep them.
+
+Options: ``score="softmax"`` differentiates the softmax probability (its log
+for BagCAMs) instead of the raw logit; ``guided`` switches guided
+backpropagation on or off for any variant (on by default for BagCAMs only).
+
+Non-positive logits: ``log(s_k)`` is undefined for ``s_k <= 0``. The
+gradient of ``log(s_k)`` is computed as ``dS_k/dZ / max(s_k, eps)`` with
+``eps = 1e-6``: for a positive logit this is exact, and a non-positive one is
+treated as the limit ``s_k -> 0+`` (the map becomes
+``sum_c ReLU(mean(GZ)_c (GZ)_c)`` up to scale). Maps stay finite.
+
+Example:
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((16, 16, 3))
+    >>> x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="feat")(inputs)
+    >>> logits = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    >>> model = keras.Model(inputs, logits)
+    >>> images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    >>> compute_scoremaps(model, images, "bagcams", layer="feat").shape
+    (2, 16, 16)
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_wsol.methods.base import WSOLModel, minmax_normalize
+
+SCORES = ("logit", "softmax")
+LOG_EPS = 1e-6
+_MISSING = object()
+
+
+@tf.custom_gradient
+def _positive_gradient(x):
+    """Identity forward; the gradient flowing back is clamped at zero (guided ReLU)."""
+    return tf.identity(x), lambda dy: tf.nn.relu(dy)
+
+
+def _sublayers(layer) -> list:
+    """The layers and ops directly inside ``layer`` (functional graphs include ``keras.ops`` nodes)."""
+    if hasattr(layer, "operations"):
+        return list(layer.operations)
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    return []
+
+
+def _all_operations(model) -> list:
+    """Every layer and op of ``model``, nested models included, each once, in order."""
+    seen, out, stack = set(), [], list(reversed(_sublayers(model)))
+    while stack:
+        op = stack.pop()
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        out.append(op)
+        stack.extend(reversed(_sublayers(op)))
+    return out
+
+
+def _ends_in_relu(op) -> bool:
+    """Whether ``op``'s output is a ReLU (a ReLU layer, a relu activation, a ``keras.ops.relu`` node)."""
+    if isinstance(op, keras.Model):
+        return False
+    if isinstance(op, keras.layers.ReLU) or type(op).__name__ in ("Relu", "Relu6"):
+        return True
+    return getattr(getattr(op, "activation", None), "__name__", "") in ("relu", "relu6")
+
+
+class _Hooks:
+    """While active (during tracing), wrap ``call`` of chosen ops.
+
+    Every ReLU's output goes through :func:`_positive_gradient` when
+    ``guided`` (clamping the gradient at the ReLU output, then the ReLU's own
+    mask, is the official code's ``relu(grad_in)``), and the output of
+    ``capture`` is recorded after that, so the gradient read at the layer is
+    the one arriving from above, as a backward hook sees it.
+    """
+
+    def __init__(self, model, capture=None, guided=False):
+        self.targets = {}
+        for op in _all_operations(model):
+            relu = guided and _ends_in_relu(op)
+            if relu or op is capture:
+                self.targets[id(op)] = (op, relu, op is capture)
+        self.captured = []
+
+    def _wrap(self, call, relu, capture):
+        def wrapped(*args, **kwargs):
+            out = call(*args, **kwargs)
+            if relu:
+                out = _positive_gradient(out)
+            if capture:
+                self.captured.append(out)
+            return out
+
+        return wrapped
+
+    def __enter__(self):
+        self.saved = []
+        for op, relu, capture in self.targets.values():
+            self.saved.append((op, op.__dict__.get("call", _MISSING)))
+            op.call = self._wrap(op.call, relu, capture)
+        return self
+
+    def __exit__(self, *exc):
+        for op, original in self.saved:
+            if original is _MISSING:
+                del op.call
+            else:
+                op.call = original
+
+
+def feature_layers(model) -> list[str]:
+    """The layer names ``--layer=all`` sweeps: a WSOLModel's taps, low to high."""
+    if isinstance(model, WSOLModel):
+        return ["low", "mid", "high"] + (["cam"] if model.head is not None else [])
+    raise ValueError(f"{model.name}: name the layers to sweep; only WSOLModel checkpoints have known taps (low, mid, high)")
+
+
+def classifier_layer(model) -> str:
+    """The layer the classifier reads: a WSOLModel's ``cam`` tap (``high`` when it has no extra head)."""
+    if isinstance(model, WSOLModel):
+        return "cam" if model.head is not None else "high"
+    return default_layer(model)
+
+
+def default_layer(model) -> str:
+    """The last feature layer: a WSOLModel's classifier input, else the last 4-D, non-pooling layer."""
+    if isinstance(model, WSOLModel):
+        return "cam"
+    candidates = [
+        op.name
+        for op in _all_operations(model)
+        if isinstance(op, keras.layers.Layer)
+        and not isinstance(op, keras.Model)
+        and "pool" not in type(op).__name__.lower()
+        and _output_rank(op) == 4
+    ]
+    if not candidates:
+        raise ValueError(f"{model.name}: no layer with a 4-D [batch, h, w, channels] output; pass layer=")
+    return candidates[-1]
+
+
+def _output_rank(layer) -> int:
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError):  # never called, or called more than once
+        return 0
+
+
+def _find_layer(model, name: str):
+    for op in _all_operations(model):
+        if isinstance(op, keras.layers.Layer) and op.name == name:
+            return op
+    raise ValueError(f"{model.name} has no layer named {name!r}" + (
+        "; WSOLModel taps are low, mid, high, cam" if isinstance(model, WSOLModel) else ""))
+
+
+def _check_logits(model) -> None:
+    last = model.layers[-1] if getattr(model, "layers", None) and not isinstance(model, WSOLModel) else None
+    if getattr(getattr(last, "activation", None), "__name__", "") == "softmax":
+        raise ValueError(
+            f"{model.name} ends in a softmax; localizers need logits: build the classifier without it "
+            "(keras.applications: classifier_activation=None)"
+        )
+
+
+class Localizer:
+    """Score maps of one method at one layer of ``model``; subclasses override :meth:`weigh`.
+
+    Args:
+        model: a Keras model mapping images to class logits, or a WSOLModel.
+        layer: layer name (``low``/``mid``/``high``/``cam`` taps on a
+            WSOLModel); ``None`` for :func:`default_layer`.
+        score: ``"logit"`` (raw logits, the official choice) or ``"softmax"``.
+        guided: clamp gradients at every ReLU above the layer; ``None`` for
+            the method's default (on for BagCAMs only).
+
+    Calling it on a batch gives maps ``[B, H, W]`` in ``[0, 1]`` at the input
+    size; :meth:`raw_maps` gives the maps at feature resolution and the logits.
+    """
+
+    name = ""
+    log_score = False
+    guided_default = False
+
+    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None):
+        if score not in SCORES:
+            raise ValueError(f"score={score!r}; choose one of {', '.join(SCORES)}")
+        _check_logits(model)
+        self.model = model
+        self.layer = layer or default_layer(model)
+        self.score = score
+        self.guided = self.guided_default if guided is None else bool(guided)
+        self._is_tap = isinstance(model, WSOLModel) and self.layer in ("low", "mid", "high", "cam")
+        self._target = None if self._is_tap else _find_layer(model, self.layer)
+        self._raw = tf.function(self._raw_maps, reduce_retracing=True)
+
+    def weigh(self, features: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+        """Maps ``[B, h, w]`` from features and gradients ``[B, h, w, C]`` (float32)."""
+        raise NotImplementedError
+
+    def _forward(self, images, hooks: _Hooks):
+        """Logits and the layer's features, from one forward pass (inside the tape)."""
+        if self._is_tap:
+            logits, taps = self.model.logits_and_features(images, training=False)
+            return logits, taps[self.layer]
+        logits = self.model(images, training=False)
+        if len(hooks.captured) != 1:
+            raise ValueError(f"layer {self.layer!r} ran {len(hooks.captured)} times in one forward pass; need exactly once")
+        return logits, hooks.captured[0]
+
+    def _target_score(self, logits, class_ids):
+        """The differentiated score per image; for ``log_score``, the factor that turns its gradient into d log s."""
+        logits = ops.cast(logits, "float32")
+        picked = lambda t: ops.take_along_axis(t, ops.reshape(class_ids, (-1, 1)), axis=1)[:, 0]  # noqa: E731
+        if self.score == "softmax":
+            if self.log_score:
+                return picked(tf.nn.log_softmax(logits)), None
+            return picked(tf.nn.softmax(logits)), None
+        s = picked(logits)
+        return s, (1.0 / ops.maximum(s, LOG_EPS) if self.log_score else None)
+
+    def _raw_maps(self, images, class_ids=None):
+        images = ops.cast(images, "float32")
+        hooks = _Hooks(self.model, capture=self._target, guided=self.guided)
+        with hooks, tf.GradientTape() as tape:
+            logits, features = self._forward(images, hooks)
+            if class_ids is None:
+                class_ids = ops.argmax(logits, axis=-1)
+            class_ids = ops.cast(class_ids, "int32")
+            score, log_factor = self._target_score(logits, class_ids)
+        # Images are independent in inference mode, so the gradient of the
+        # sum is each image's own gradient.
+        grads = ops.cast(tape.gradient(score, features), "float32")
+        if log_factor is not None:
+            grads = grads * log_factor[:, None, None, None]
+        return self.weigh(ops.cast(features, "float32"), grads), logits
+
+    def raw_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(maps [B, h, w] at feature resolution, logits [B, K])``; one compiled tape pass."""
+        if class_ids is not None:
+            class_ids = tf.convert_to_tensor(class_ids, tf.int32)
+        return self._raw(tf.convert_to_tensor(images), class_ids)
+
+    def __call__(self, images, class_ids=None) -> tf.Tensor:
+        maps, _ = self.raw_maps(images, class_ids)
+        size = ops.shape(images)[1:3]
+        return minmax_normalize(ops.image.resize(maps[..., None], size, interpolation="bilinear")[..., 0])
+
+
+class CAM(Localizer):
+    """Class activation mapping: channel weights are the spatially averaged gradient, no ReLU."""
+
+    name = "cam"
+
+    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None):
+        super().__init__(model, layer, score, guided)
+        self._own_maps = isinstance(model, WSOLModel) and self.layer in ("cam", classifier_layer(model))
+        if isinstance(model, WSOLModel) and not self._own_maps:
+            raise ValueError(f"cam is defined at the classifier's input only (layer {classifier_layer(model)!r}), not {self.layer!r}; "
+                             "use gradcam, gradcam_pp, pcs or bagcams for other layers")
+
+    def _raw_maps(self, images, class_ids=None):
+        if self._own_maps:
+            logits, maps = self.model.logits_and_class_maps(ops.cast(images, "float32"), class_ids)
+            return ops.cast(maps, "float32"), logits
+        return super()._raw_maps(images, class_ids)
+
+    def weigh(self, features, grads):
+        return ops.einsum("bhwc,bc->bhw", features, ops.mean(grads, axis=(1, 2)))
+
+
+class GradCAM(Localizer):
+    """Selvaraju et al.: channel weights are the spatially averaged gradient."""
+
+    name = "gradcam"
+
+    def weigh(self, features, grads):
+        return ops.relu(ops.einsum("bhwc,bc->bhw", features, ops.mean(grads, axis=(1, 2))))
+
+
+class GradCAMPlusPlus(Localizer):
+    """Chattopadhyay et al.: channel weights are alpha-weighted positive gradients."""
+
+    name = "gradcam_pp"
+
+    def weigh(self, features, grads):
+        g2 = ops.square(grads)
+        denom = 2.0 * g2 + ops.sum(features * g2 * grads, axis=(1, 2), keepdims=True)
+        alpha = g2 / (ops.where(denom != 0.0, denom, 1.0) + 1e-7)
+        weights = ops.sum(alpha * ops.relu(grads), axis=(1, 2))
+        return ops.relu(ops.einsum("bhwc,bc->bhw", features, weights))
+
+
+class PCS(Localizer):
+    """Pixel-level class selection (Tan et al.): ``ReLU(sum_c G Z)``, Table 1 of BagCAMs."""
+
+    name = "pcs"
+
+    def weigh(self, features, grads):
+        return ops.relu(ops.sum(features * grads, axis=-1))
+
+
+class BagCAMs(Localizer):
+    """Bagging regional localizers (Eq. 12 of BagCAMs, as in its official code).
+
+    ``G`` is the gradient of ``log s_k``; the product ``G*Z`` averaged over
+    positions gives each channel's bagging weight ``1 + mean``; a per-channel
+    ReLU precedes the channel sum.
+    """
+
+    name = "bagcams"
+    log_score = True
+    guided_default = True
+
+    def weigh(self, features, grads):
+        product = features * grads
+        return ops.sum(ops.relu((1.0 + ops.mean(product, axis=(1, 2), keepdims=True)) * product), axis=-1)
+
+
+LOCALIZERS: dict[str, type[Localizer]] = {c.name: c for c in (CAM, GradCAM, GradCAMPlusPlus, PCS, BagCAMs)}
+
+
+def get_localizer(model, method: str, layer: str | None = None, **options) -> Localizer:
+    """The localizer ``method`` for ``model`` at ``layer``; ``options`` are ``score`` and ``guided``."""
+    if method not in LOCALIZERS:
+        raise ValueError(f"unknown localizer {method!r}; choose one of {', '.join(LOCALIZERS)}")
+    return LOCALIZERS[method](model, layer, **options)
+
+
+def compute_scoremaps(model, images, method: str, layer: str | None = None, class_ids=None, batch_size: int = 32, **options) -> np.ndarray:
+    """Score maps ``[B, H, W]`` in ``[0, 1]`` at the input size, for ``class_ids`` (default: predicted).
+
+    Example:
+        >>> from keras_wsol.methods import CAM
+        >>> model = CAM(num_classes=2, backbone="small", image_size=32)
+        >>> compute_scoremaps(model, np.zeros((3, 32, 32, 3), "float32"), "gradcam", layer="mid").shape
+        (3, 32, 32)
+    """
+    localizer = get_localizer(model, method, layer, **options)
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [batch, height, width, channels], got shape {images.shape}")
+    out = []
+    for start in range(0, len(images), batch_size):
+        ids = None if class_ids is None else np.asarray(class_ids)[start : start + batch_size]
+        out.append(np.asarray(localizer(images[start : start + batch_size], ids)))
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)

@@ -1,0 +1,180 @@
+"""Post-hoc localizers against maps computed by hand in numpy on a tiny model with known weights."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_wsol import localizers
+from keras_wsol.methods import CAM
+
+B, S, K = 2, 4, 2  # batch, feature side, classes
+
+
+def tiny_model(logit_bias: float = 3.0, pool: int = 1) -> keras.Model:
+    """input -> (avg pool) -> 1x1 conv + ReLU ("feat") -> 1x1 conv + ReLU ("top") -> GAP -> Dense."""
+    inputs = keras.Input((S * pool, S * pool, 2))
+    z = keras.layers.Conv2D(3, 1, activation="relu", name="feat")(keras.layers.AveragePooling2D(pool)(inputs))
+    r = keras.layers.Conv2D(3, 1, activation="relu", name="top")(z)
+    logits = keras.layers.Dense(K, name="logits")(keras.layers.GlobalAveragePooling2D()(r))
+    model = keras.Model(inputs, logits)
+    rng = np.random.default_rng(1)  # weights under which every map is non-constant and the options matter
+    model.get_layer("feat").set_weights([rng.normal(size=(1, 1, 2, 3)), rng.normal(size=3) * 0.1 + 0.5])
+    model.get_layer("top").set_weights([rng.normal(size=(1, 1, 3, 3)), np.array([0.3, -0.2, 0.4])])
+    model.get_layer("logits").set_weights([rng.normal(size=(3, K)), np.full(K, logit_bias)])
+    return model
+
+
+def images(pool: int = 1):
+    return np.random.default_rng(1).normal(size=(B, S * pool, S * pool, 2)).astype("float32")
+
+
+def by_hand(model, x, class_ids, guided, score="logit", log=False):
+    """Features Z at "feat" and the gradient of the class score with respect to them."""
+    (w1, b1), (w2, b2), (w3, b3) = (model.get_layer(n).get_weights() for n in ("feat", "top", "logits"))
+    z = np.maximum(x @ w1[0, 0] + b1, 0)
+    a = z @ w2[0, 0] + b2
+    pooled = np.maximum(a, 0).mean(axis=(1, 2))
+    logits = pooled @ w3 + b3
+    if score == "logit":
+        d_pooled = w3[:, class_ids].T  # [B, C]
+        s = logits[np.arange(B), class_ids]
+        if log:
+            d_pooled = d_pooled / np.maximum(s, localizers.LOG_EPS)[:, None]
+    else:
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        d_log = w3[:, class_ids].T - p @ w3.T  # d log softmax_k / d pooled
+        d_pooled = d_log if log else d_log * p[np.arange(B), class_ids][:, None]
+    d_r = np.broadcast_to(d_pooled[:, None, None, :] / (S * S), a.shape)
+    if guided:
+        d_r = np.maximum(d_r, 0)
+    d_a = d_r * (a > 0)
+    return z, d_a @ w2[0, 0].T
+
+
+def formulas(z, g):
+    gz = z * g
+    g2 = g**2
+    denom = 2 * g2 + (z * g**3).sum(axis=(1, 2), keepdims=True)
+    alpha = g2 / (np.where(denom != 0, denom, 1) + 1e-7)
+    pp_weights = (alpha * np.maximum(g, 0)).sum(axis=(1, 2))
+    return {
+        "cam": np.einsum("bhwc,bc->bhw", z, g.mean(axis=(1, 2))),
+        "gradcam": np.maximum(np.einsum("bhwc,bc->bhw", z, g.mean(axis=(1, 2))), 0),
+        "gradcam_pp": np.maximum(np.einsum("bhwc,bc->bhw", z, pp_weights), 0),
+        "pcs": np.maximum(gz.sum(-1), 0),
+        "bagcams": np.maximum((1 + gz.mean(axis=(1, 2), keepdims=True)) * gz, 0).sum(-1),
+    }
+
+
+def bilinear(maps, size):
+    """Half-pixel-centre bilinear upsampling, written out."""
+    h = maps.shape[1]
+    src = np.clip((np.arange(size) + 0.5) * h / size - 0.5, 0, h - 1)
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, h - 1)
+    w = src - i0
+    rows = maps[:, i0] * (1 - w)[None, :, None] + maps[:, i1] * w[None, :, None]
+    return rows[:, :, i0] * (1 - w)[None, None, :] + rows[:, :, i1] * w[None, None, :]
+
+
+@pytest.mark.parametrize("method", list(localizers.LOCALIZERS))
+@pytest.mark.parametrize("guided", [False, True])
+def test_every_method_matches_the_hand_computed_map(method, guided):
+    model, x, ids = tiny_model(), images(), np.array([1, 0])
+    z, g = by_hand(model, x, ids, guided=guided, log=method == "bagcams")
+    expected = formulas(z, g)[method]
+    assert np.ptp(expected, axis=(1, 2)).min() > 1e-3  # a non-trivial map
+    loc = localizers.get_localizer(model, method, "feat", guided=guided)
+    raw, logits = loc.raw_maps(x, ids)
+    np.testing.assert_allclose(np.asarray(raw), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model(x)), rtol=1e-5)
+
+
+def test_guided_backprop_and_the_log_of_the_raw_logit_are_the_bagcams_defaults():
+    model, x, ids = tiny_model(), images(), np.array([1, 0])
+    default = np.asarray(localizers.get_localizer(model, "bagcams", "feat").raw_maps(x, ids)[0])
+    z, g = by_hand(model, x, ids, guided=True, log=True)
+    np.testing.assert_allclose(default, formulas(z, g)["bagcams"], rtol=1e-4, atol=1e-6)
+    # The choices matter on this model: without them the map differs.
+    z, g = by_hand(model, x, ids, guided=False, log=True)
+    assert not np.allclose(default, formulas(z, g)["bagcams"], rtol=1e-3)
+    z, g = by_hand(model, x, ids, guided=True, log=False)
+    assert not np.allclose(default, formulas(z, g)["bagcams"], rtol=1e-3)
+    assert localizers.get_localizer(model, "gradcam", "feat").guided is False
+
+
+@pytest.mark.parametrize("method", ["gradcam", "bagcams"])
+def test_softmax_scores_option(method):
+    model, x, ids = tiny_model(), images(), np.array([0, 1])
+    z, g = by_hand(model, x, ids, guided=method == "bagcams", score="softmax", log=method == "bagcams")
+    raw = localizers.get_localizer(model, method, "feat", score="softmax").raw_maps(x, ids)[0]
+    np.testing.assert_allclose(np.asarray(raw), formulas(z, g)[method], rtol=1e-4, atol=1e-7)
+
+
+def test_non_positive_logit_is_treated_as_the_limit_not_nan():
+    model, x, ids = tiny_model(logit_bias=-50.0), images(), np.array([1, 0])
+    assert (np.asarray(model(x)) < 0).all()
+    raw = np.asarray(localizers.get_localizer(model, "bagcams", "feat").raw_maps(x, ids)[0])
+    z, g = by_hand(model, x, ids, guided=True, log=True)  # divides by max(s, eps)
+    assert np.isfinite(raw).all()
+    np.testing.assert_allclose(raw, formulas(z, g)["bagcams"], rtol=1e-4)
+    maps = localizers.compute_scoremaps(model, x, "bagcams", "feat", class_ids=ids)
+    assert np.isfinite(maps).all() and maps.max() == pytest.approx(1.0)
+
+
+def test_maps_are_upsampled_bilinearly_and_min_max_normalized_per_image():
+    model, x = tiny_model(pool=2), images(pool=2)
+    pooled = x.reshape(B, S, 2, S, 2, 2).mean(axis=(2, 4))
+    predicted = np.asarray(model(x)).argmax(1)
+    raw = formulas(*by_hand(model, pooled, predicted, guided=True, log=True))["bagcams"]
+    up = bilinear(raw, 2 * S)
+    lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
+    maps = localizers.compute_scoremaps(model, x, "bagcams", "feat", batch_size=1)
+    assert maps.shape == (B, 2 * S, 2 * S)
+    np.testing.assert_allclose(maps, (up - lo) / (hi - lo), atol=1e-5)
+
+
+def test_keras_applications_classifier_by_layer_name():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(64, 64, 3), weights=None, classes=3, classifier_activation=None)
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
+    assert localizers.default_layer(model) == "out_relu"
+    for method in localizers.LOCALIZERS:
+        maps = localizers.compute_scoremaps(model, x, method, layer="block_13_expand_relu", batch_size=2)
+        assert maps.shape == (3, 64, 64) and np.isfinite(maps).all()
+        assert maps.min() >= 0 and maps.max() <= 1
+    # Guided backprop reaches the ReLU6 layers of the application and is undone afterwards.
+    unguided = localizers.compute_scoremaps(model, x, "bagcams", "block_13_expand_relu", guided=False)
+    assert not np.allclose(unguided, localizers.compute_scoremaps(model, x, "bagcams", "block_13_expand_relu"))
+    assert all("call" not in op.__dict__ for op in localizers._all_operations(model))
+    softmax = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=3)
+    with pytest.raises(ValueError, match="classifier_activation=None"):
+        localizers.get_localizer(softmax, "gradcam")
+
+
+def test_wsol_model_taps_match_the_layers_behind_them():
+    keras.utils.set_random_seed(3)
+    model = CAM(num_classes=3, backbone="small", image_size=32)
+    x = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    for method in ("gradcam", "bagcams"):
+        by_tap = localizers.compute_scoremaps(model, x, method, "mid")
+        np.testing.assert_allclose(by_tap, localizers.compute_scoremaps(model, x, method, "block3_relu"), atol=1e-5)
+    np.testing.assert_allclose(localizers.compute_scoremaps(model, x, "cam", class_ids=[2, 1]),
+                               np.asarray(model.localization_maps(x, [2, 1])), atol=1e-6)
+    assert localizers.feature_layers(model) == ["low", "mid", "high"]
+    with pytest.raises(ValueError, match="classifier's input only"):
+        localizers.get_localizer(model, "cam", "low")
+    with pytest.raises(ValueError, match="no layer named 'nope'.*low, mid, high"):
+        localizers.get_localizer(model, "pcs", "nope")
+    with pytest.raises(ValueError, match="choose one of cam, gradcam"):
+        localizers.get_localizer(model, "scorecam")
+
+
+def test_usable_inside_a_tf_data_pipeline():
+    import tensorflow as tf
+
+    model, x = tiny_model(), images()
+    loc = localizers.get_localizer(model, "bagcams", "feat")
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(1).map(lambda batch: loc(batch))
+    np.testing.assert_allclose(np.concatenate([np.asarray(m) for m in ds]), np.asarray(loc(x)), atol=1e-6)
