@@ -66,19 +66,33 @@ def main(argv: list[str]) -> None:
     os.makedirs(workdir, exist_ok=True)
     write_flagfile(os.path.join(workdir, "flags.txt"))
 
+    method = get_method(FLAGS.method)
     data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
-    train_ds = pipeline.training_dataset(data["train"].images, data["train"].labels, FLAGS.batch_size, FLAGS.seed)
+    train = data["train"]
+    if method.uses_class_sets:
+        # N classes x S images a batch; --batch_size is for evaluation only.
+        train_batch = FLAGS.set_size * FLAGS.sets_per_batch
+        try:
+            train_ds = pipeline.class_set_dataset(train.images, train.labels, FLAGS.set_size, FLAGS.sets_per_batch, FLAGS.seed)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+    else:
+        train_batch = FLAGS.batch_size
+        train_ds = pipeline.training_dataset(train.images, train.labels, FLAGS.batch_size, FLAGS.seed)
+    steps_per_epoch = len(train.labels) // train_batch
+    if steps_per_epoch == 0:
+        raise app.UsageError(f"the training batch ({train_batch} images) is larger than the training split ({len(train.labels)})")
     val_ds = pipeline.eval_dataset(data["val"].images, data["val"].labels, FLAGS.batch_size)
-    steps = FLAGS.epochs * (len(data["train"].labels) // FLAGS.batch_size)
 
-    model = get_method(FLAGS.method)(
+    model = method(
         num_classes=FLAGS.num_classes,
         backbone=FLAGS.backbone,
         image_size=FLAGS.image_size,
         weights=FLAGS.weights,
         head_channels=FLAGS.head_channels,
+        **wsol_flags.method_kwargs(FLAGS.method),
     )
-    model.compile(optimizer=build_optimizer(steps), jit_compile=FLAGS.jit_compile)
+    model.compile(optimizer=build_optimizer(FLAGS.epochs * steps_per_epoch), jit_compile=FLAGS.jit_compile)
     ckpt = os.path.join(workdir, "checkpoints")
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
@@ -88,7 +102,8 @@ def main(argv: list[str]) -> None:
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
         CAMOverlayLogger(os.path.join(workdir, "tensorboard"), data["val"].images[:8], data["val"].labels[:8]),
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=FLAGS.epochs, callbacks=callbacks, verbose=2)
+    model.fit(train_ds, validation_data=val_ds, epochs=FLAGS.epochs, callbacks=callbacks, verbose=2,
+              steps_per_epoch=steps_per_epoch if method.uses_class_sets else None)  # class sets never end
 
     if FLAGS.evaluate:
         best = keras.models.load_model(os.path.join(ckpt, "best.keras"))

@@ -54,6 +54,23 @@ def define_model_flags() -> None:
     flags.DEFINE_enum("backbone", "small", BACKBONES, "Backbone.")
     flags.DEFINE_string("weights", "none", "Backbone weights: none, imagenet (needs the network) or a .weights.h5 path.")
     flags.DEFINE_integer("head_channels", 0, "Width of an extra 3x3 conv before GAP (1024 for VGG16 CAM); 0 for none.", lower_bound=0)
+    # Class-set batches (MinMaxCAM; CAMs2i's inter-sample module).
+    flags.DEFINE_integer("set_size", 5, "Images per class set, S (class-set methods).", lower_bound=2)
+    flags.DEFINE_integer("sets_per_batch", 5, "Class sets per batch, N; the training batch is N x S "
+                         "(official MinMaxCAM code: 5; paper: 12).", lower_bound=1)
+    # MinMaxCAM.
+    flags.DEFINE_float("lambda_crr", 1.0, "MinMaxCAM: weight of Common Region Regularization (Eq. 5).", lower_bound=0)
+    flags.DEFINE_float("lambda_frr", 1.0, "MinMaxCAM: weight of Full Region Regularization (Eq. 5); 10 in a later "
+                       "reimplementation.", lower_bound=0)
+
+
+# The flags each method takes as constructor arguments (a method never reads flags itself).
+METHOD_FLAGS = {"minmaxcam": ("set_size", "lambda_crr", "lambda_frr")}
+
+
+def method_kwargs(method: str) -> dict:
+    """Constructor arguments of ``method`` from its flags."""
+    return {name: FLAGS[name].value for name in METHOD_FLAGS.get(method, ())}
 
 
 def define_train_flags() -> None:

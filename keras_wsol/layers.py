@@ -31,6 +31,21 @@ class Preprocess(keras.layers.Layer):
             raise ValueError(f"unknown preprocessing mode {mode!r}; choose one of {self.MODES}")
         self.mode = mode
 
+    @property
+    def zero_point(self) -> tuple[float, float, float]:
+        """The RGB pixel value this layer maps to 0.
+
+        Preprocessing is affine per channel, so
+        ``preprocess(z + (I - z) * H) == preprocess(I) * H``: masking an image
+        around ``z`` is masking the tensor the network sees (MinMaxCAM's I * H
+        on normalized inputs).
+        """
+        if self.mode == "tf":
+            return (127.5, 127.5, 127.5)
+        if self.mode == "unit":
+            return (0.0, 0.0, 0.0)
+        return tuple(reversed(_CAFFE_MEAN_BGR))
+
     def call(self, images):
         images = ops.cast(images, self.compute_dtype)
         if self.mode == "tf":

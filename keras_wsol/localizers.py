@@ -51,12 +51,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_wsol.methods.base import WSOLModel, minmax_normalize
+from keras_wsol.methods.base import WSOLModel, minmax_normalize, predicted_where_negative
 
 SCORES = ("logit", "softmax")
 LOG_EPS = 1e-6
@@ -66,7 +68,7 @@ _MISSING = object()
 @tf.custom_gradient
 def _positive_gradient(x):
     """Identity forward; the gradient flowing back is clamped at zero (guided ReLU)."""
-    return tf.identity(x), lambda dy: tf.nn.relu(dy)
+    return x, tf.nn.relu
 
 
 def _sublayers(layer) -> list:
@@ -228,7 +230,9 @@ class Localizer:
         self.guided = self.guided_default if guided is None else bool(guided)
         self._is_tap = isinstance(model, WSOLModel) and self.layer in ("low", "mid", "high", "cam")
         self._target = None if self._is_tap else _find_layer(model, self.layer)
-        self._raw = tf.function(self._raw_maps, reduce_retracing=True)
+        # A partial (no __code__) so TensorFlow keys its retracing warning to
+        # this localizer, not to the method shared by all of them.
+        self._raw = tf.function(functools.partial(type(self)._raw_maps, self), reduce_retracing=True)
 
     def weigh(self, features: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
         """Maps ``[B, h, w]`` from features and gradients ``[B, h, w, C]`` (float32)."""
@@ -255,14 +259,13 @@ class Localizer:
         s = picked(logits)
         return s, (1.0 / ops.maximum(s, LOG_EPS) if self.log_score else None)
 
-    def _raw_maps(self, images, class_ids=None):
+    def _raw_maps(self, images, class_ids):
+        """Class ids below 0 mean "the predicted class" (one traced signature for both)."""
         images = ops.cast(images, "float32")
         hooks = _Hooks(self.model, capture=self._target, guided=self.guided)
         with hooks, tf.GradientTape() as tape:
             logits, features = self._forward(images, hooks)
-            if class_ids is None:
-                class_ids = ops.argmax(logits, axis=-1)
-            class_ids = ops.cast(class_ids, "int32")
+            class_ids = predicted_where_negative(class_ids, logits)
             score, log_factor = self._target_score(logits, class_ids)
         # Images are independent in inference mode, so the gradient of the
         # sum is each image's own gradient.
@@ -273,9 +276,10 @@ class Localizer:
 
     def raw_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
         """``(maps [B, h, w] at feature resolution, logits [B, K])``; one compiled tape pass."""
-        if class_ids is not None:
-            class_ids = tf.convert_to_tensor(class_ids, tf.int32)
-        return self._raw(tf.convert_to_tensor(images), class_ids)
+        images = tf.convert_to_tensor(images)
+        if class_ids is None:
+            class_ids = -tf.ones(tf.shape(images)[:1], tf.int32)
+        return self._raw(images, tf.convert_to_tensor(class_ids, tf.int32))
 
     def __call__(self, images, class_ids=None) -> tf.Tensor:
         maps, _ = self.raw_maps(images, class_ids)
@@ -295,7 +299,7 @@ class CAM(Localizer):
             raise ValueError(f"cam is defined at the classifier's input only (layer {classifier_layer(model)!r}), not {self.layer!r}; "
                              "use gradcam, gradcam_pp, pcs or bagcams for other layers")
 
-    def _raw_maps(self, images, class_ids=None):
+    def _raw_maps(self, images, class_ids):
         if self._own_maps:
             logits, maps = self.model.logits_and_class_maps(ops.cast(images, "float32"), class_ids)
             return ops.cast(maps, "float32"), logits

@@ -45,6 +45,15 @@ def minmax_normalize(maps: tf.Tensor) -> tf.Tensor:
     return ops.where(ops.isnan(high), 0.0, out)
 
 
+def predicted_where_negative(class_ids, logits) -> tf.Tensor:
+    """``class_ids`` as int32, with ``None`` or negative entries replaced by the argmax of ``logits``."""
+    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    if class_ids is None:
+        return predicted
+    class_ids = ops.cast(class_ids, "int32")
+    return ops.where(class_ids < 0, predicted, class_ids)
+
+
 @keras.saving.register_keras_serializable(package="keras_wsol")
 class WSOLModel(keras.Model):
     """A classifier whose class activation maps localize objects (the CAM baseline).
@@ -84,9 +93,16 @@ class WSOLModel(keras.Model):
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.create_method_state()
         # Create every variable now (one forward pass on zeros): weight loading
         # and BackupAndRestore need them before fit.
         self(ops.zeros((1, image_size, image_size, 3)))
+
+    def create_method_state(self) -> None:
+        """Create a method's own layers and metrics (called by ``__init__`` before the model is built)."""
+
+    #: Whether training batches must be class sets (``pipeline.class_set_dataset``).
+    uses_class_sets = False
 
     # -- forward -----------------------------------------------------------
     def features(self, images, training=False) -> dict:
@@ -115,14 +131,14 @@ class WSOLModel(keras.Model):
         return logits
 
     def logits_and_class_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
-        """Logits and the raw maps ``[B, h, w]`` of ``class_ids`` (default: the predicted class).
+        """Logits and the raw maps ``[B, h, w]`` of ``class_ids``.
 
+        ``class_ids`` ``None`` (or a negative entry) means the predicted class.
         Methods whose maps differ from CAM override this one method.
         """
         logits, maps = self(images, training=False, return_maps=True)
-        if class_ids is None:
-            class_ids = ops.argmax(logits, axis=-1)
-        picked = ops.take_along_axis(maps, ops.reshape(ops.cast(class_ids, "int32"), (-1, 1, 1, 1)), axis=-1)
+        class_ids = predicted_where_negative(class_ids, logits)
+        picked = ops.take_along_axis(maps, ops.reshape(class_ids, (-1, 1, 1, 1)), axis=-1)
         return logits, picked[..., 0]
 
     def class_maps(self, images, class_ids=None) -> tf.Tensor:
@@ -134,6 +150,16 @@ class WSOLModel(keras.Model):
         maps = self.class_maps(images, class_ids)[..., None]
         size = ops.shape(images)[1:3]
         return minmax_normalize(ops.image.resize(maps, size, interpolation="bilinear")[..., 0])
+
+    def mask_images(self, images, maps) -> tf.Tensor:
+        """``I * H`` as the backbone sees it: pixels pulled towards the value its preprocessing maps to 0.
+
+        ``maps`` is ``[B, H, W]`` at the input size, in [0, 1]; a pixel with
+        map 0 becomes the preprocessing's zero point (black for ``unit``
+        preprocessing, the ImageNet mean for ``caffe``).
+        """
+        zero = ops.convert_to_tensor(self.backbone.get_layer("preprocess").zero_point, "float32")
+        return zero + (ops.cast(images, "float32") - zero) * ops.cast(maps, "float32")[..., None]
 
     # -- training ------------------------------------------------------------
     @property
@@ -149,7 +175,7 @@ class WSOLModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.loss_tracker.update_state(loss * replicas)
         self.accuracy.update_state(labels, logits)
-        return {m.name: m.result() for m in self.metrics}
+        return {m.name: m.result() for m in (self.loss_tracker, self.accuracy)}
 
     def train_step(self, data):
         images, labels = data[0], data[1]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.cam import CAM
+from keras_wsol.methods.minmaxcam import MinMaxCAM
 
-METHODS: dict[str, type[WSOLModel]] = {"cam": CAM}
+METHODS: dict[str, type[WSOLModel]] = {"cam": CAM, "minmaxcam": MinMaxCAM}
 
 
 def get_method(name: str) -> type[WSOLModel]:

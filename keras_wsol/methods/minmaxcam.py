@@ -1,0 +1,138 @@
+"""MinMaxCAM (Wang et al., BMVC 2021): Common and Full Region Regularization, two stages per mini-batch.
+
+Every batch holds N classes x S images, consecutive by set
+(:func:`keras_wsol.data.pipeline.class_set_dataset`). ``train_step`` runs:
+
+* **Stage I**: cross-entropy on the whole batch; every trainable weight is
+  stepped by ``optimizer``.
+* **Stage II** on the same batch, with the weights stage I just produced: the
+  backbone (and the extra head, if any) in inference mode and frozen; the CAM
+  ``H`` of each image for its ground-truth class from the classifier kernel
+  (Eq. 1, no bias), min-max normalized per image and upsampled bilinearly to
+  the input; ``f = GAP(B*(I * H))`` and ``f_o = GAP(B*(I))`` (a constant);
+  ``L = lambda_crr * CRR + lambda_frr * FRR`` (Eq. 2, 3, 5). Gradients reach
+  the classifier kernel only through ``H``; only the kernel is stepped, by
+  ``stage2_optimizer`` (a fresh copy of ``optimizer`` unless given), so no
+  weight decay or momentum touches the frozen weights.
+
+Choices the paper leaves open, taken from the official code: ``I * H`` is
+applied to the tensor the backbone sees after its preprocessing (a masked
+pixel becomes the preprocessing's zero point, see ``WSOLModel.mask_images``);
+the squared distances are averaged over feature channels (``MSELoss``);
+CRR and FRR are averaged over the sets of the batch. Defaults: S = 5 and
+lambda_crr = lambda_frr = 1 (official code); a later reimplementation used 12
+sets and lambda_frr = 10.
+
+Example:
+    >>> import numpy as np, keras
+    >>> model = MinMaxCAM(num_classes=2, backbone="small", image_size=32, set_size=2)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> x = np.zeros((4, 32, 32, 3), "float32")
+    >>> sorted(model.train_on_batch(x, np.array([0, 0, 1, 1]), return_dict=True))
+    ['accuracy', 'crr', 'frr', 'loss', 'stage2_loss']
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_wsol.losses import crr_per_set, frr_per_image
+from keras_wsol.methods.base import WSOLModel, minmax_normalize, replica_mean
+
+
+@keras.saving.register_keras_serializable(package="keras_wsol")
+class MinMaxCAM(WSOLModel):
+    """CAM trained with a second, classifier-only stage of region regularizers each step.
+
+    Args:
+        set_size: S, images per class set (batches are N sets of S).
+        lambda_crr: weight of Common Region Regularization (Eq. 5).
+        lambda_frr: weight of Full Region Regularization (Eq. 5).
+        **kwargs: as :class:`WSOLModel`.
+    """
+
+    uses_class_sets = True
+
+    def __init__(self, *args, set_size: int = 5, lambda_crr: float = 1.0, lambda_frr: float = 1.0, **kwargs):
+        if set_size < 2:
+            raise ValueError(f"set_size={set_size}: CRR compares images within a set, so it needs at least 2")
+        self.set_size = set_size
+        self.lambda_crr = lambda_crr
+        self.lambda_frr = lambda_frr
+        super().__init__(*args, **kwargs)
+
+    def create_method_state(self) -> None:
+        self.crr_tracker = keras.metrics.Mean(name="crr")
+        self.frr_tracker = keras.metrics.Mean(name="frr")
+        self.stage2_tracker = keras.metrics.Mean(name="stage2_loss")
+
+    def compile(self, optimizer="adam", stage2_optimizer=None, **kwargs):
+        """As ``keras.Model.compile``; ``stage2_optimizer`` steps the classifier kernel in stage II."""
+        super().compile(optimizer=optimizer, **kwargs)
+        if stage2_optimizer is None:
+            inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+            stage2_optimizer = inner.__class__.from_config(inner.get_config())
+        stage2_optimizer = keras.optimizers.get(stage2_optimizer)
+        if self.dtype_policy.name == "mixed_float16" and not isinstance(stage2_optimizer, keras.optimizers.LossScaleOptimizer):
+            stage2_optimizer = keras.optimizers.LossScaleOptimizer(stage2_optimizer)
+        self.stage2_optimizer = stage2_optimizer
+        self.stage2_optimizer.build([self.classifier.kernel])
+
+    def compile_from_config(self, config: dict) -> None:
+        """Recompile a loaded model through this class's ``compile`` (building both optimizers)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        return super().metrics + [self.crr_tracker, self.frr_tracker, self.stage2_tracker]
+
+    def region_losses(self, images, labels) -> tuple[tf.Tensor, tf.Tensor]:
+        """Stage II's ``(CRR, FRR)`` for a batch of whole class sets, averaged over the global batch."""
+        original = self.features(images, training=False)["cam"]
+        picked = ops.take_along_axis(self.cams(original), ops.reshape(ops.cast(labels, "int32"), (-1, 1, 1, 1)), axis=-1)
+        maps = ops.image.resize(minmax_normalize(picked[..., 0])[..., None], ops.shape(images)[1:3], interpolation="bilinear")
+        masked = self.features(self.mask_images(images, maps[..., 0]), training=False)["cam"]
+        f, f_o = ops.mean(masked, axis=(1, 2)), ops.mean(original, axis=(1, 2))
+        return replica_mean(crr_per_set(f, self.set_size)), replica_mean(frr_per_image(f, f_o))
+
+    def stage1_step(self, images, labels) -> tuple[tf.Tensor, tf.Tensor]:
+        """Stage I: cross-entropy, every trainable weight stepped by ``optimizer``. Returns (loss, logits)."""
+        with tf.GradientTape() as tape:
+            logits = self(images, training=True)
+            loss = self.classification_loss(labels, logits)
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        return loss, logits
+
+    def stage2_step(self, images, labels) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Stage II: CRR and FRR, the classifier kernel alone stepped by ``stage2_optimizer``."""
+        kernel = self.classifier.kernel
+        with tf.GradientTape() as tape:
+            crr, frr = self.region_losses(images, labels)
+            loss = self.lambda_crr * crr + self.lambda_frr * frr
+            scaled = self.stage2_optimizer.scale_loss(loss)
+        self.stage2_optimizer.apply(tape.gradient(scaled, [kernel]), [kernel])
+        return loss, crr, frr
+
+    def train_step(self, data):
+        images, labels = data[0], data[1]
+        tf.debugging.assert_equal(
+            tf.shape(images)[0] % self.set_size, 0,
+            message=f"a batch is not whole sets of set_size={self.set_size}; use pipeline.class_set_dataset "
+                    "(with sets_per_batch divisible by the number of replicas)",
+        )
+        loss, logits = self.stage1_step(images, labels)
+        stage2, crr, frr = self.stage2_step(images, labels)
+        logs = self._update_metrics(loss, labels, logits)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        for tracker, value in ((self.crr_tracker, crr), (self.frr_tracker, frr), (self.stage2_tracker, stage2)):
+            tracker.update_state(value * replicas)
+            logs[tracker.name] = tracker.result()
+        return logs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "set_size": self.set_size, "lambda_crr": self.lambda_crr, "lambda_frr": self.lambda_frr}

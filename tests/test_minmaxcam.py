@@ -1,0 +1,141 @@
+"""MinMaxCAM: class-set batches, CRR/FRR by hand, which variables each stage changes, fit, save/load."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_wsol.data import pipeline, synthetic
+from keras_wsol.losses import crr_per_set, frr_per_image
+from keras_wsol.methods import MinMaxCAM
+
+
+def test_crr_and_frr_equal_hand_computed_values():
+    f = np.array([[1.0, 2.0], [3.0, 2.0], [0.0, 4.0],    # set 1 (S = 3)
+                  [1.0, 1.0], [1.0, 1.0], [2.0, 1.0]], "float32")  # set 2
+    # Set 1: ||f0-f1||^2 = 4, ||f0-f2||^2 = 1 + 4 = 5, ||f1-f2||^2 = 9 + 4 = 13; mean over pairs 22/3,
+    # divided by K = 2 channels.
+    # Set 2: 0, 1, 1 -> 2/3 / 2.
+    np.testing.assert_allclose(crr_per_set(f, 3).numpy(), [22 / 3 / 2, 2 / 3 / 2], rtol=1e-6)
+    f_o = f + np.array([[1.0, 0.0]] * 3 + [[2.0, 2.0]] * 3, "float32")
+    np.testing.assert_allclose(frr_per_image(f, f_o).numpy(), [0.5] * 3 + [4.0] * 3, rtol=1e-6)
+    np.testing.assert_allclose(crr_per_set(np.ones((4, 3), "float32"), 2).numpy(), [0.0, 0.0])
+
+
+def test_class_set_batches_hold_n_distinct_classes_of_s_images():
+    labels = np.repeat(np.arange(6), [7, 7, 7, 7, 7, 3])  # class 5 has fewer than S = 4
+    images = np.arange(len(labels), dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 3), np.float32)
+    ds = pipeline.class_set_dataset(images, labels, set_size=4, sets_per_batch=3, seed=5, augmented=False)
+    seen = set()
+    for x, y in ds.take(40):
+        x, y = x.numpy(), y.numpy()
+        assert x.shape == (12, 4, 4, 3)
+        sets = y.reshape(3, 4)
+        assert (sets == sets[:, :1]).all() and len(set(sets[:, 0])) == 3
+        index = x[:, 0, 0, 0].astype(int).reshape(3, 4)
+        assert (labels[index] == sets).all()  # each image is one of its class
+        for row, c in zip(index, sets[:, 0]):
+            assert len(set(row)) == (3 if c == 5 else 4)  # distinct, except the short class (with replacement)
+        seen.update(sets[:, 0])
+    assert seen == set(range(6))
+    again = next(iter(pipeline.class_set_dataset(images, labels, 4, 3, seed=5, augmented=False)))[1].numpy()
+    assert (again == next(iter(ds))[1].numpy()).all()  # reproducible from the seed
+    with pytest.raises(ValueError, match="--sets_per_batch=7"):
+        pipeline.class_set_indices(labels, 4, 7)
+
+
+def model_and_batch(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = MinMaxCAM(num_classes=3, backbone="small", image_size=32, set_size=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), stage2_optimizer=keras.optimizers.SGD(0.5))
+    x = np.random.default_rng(seed).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    return model, x, np.array([0, 0, 1, 1, 2, 2])
+
+
+def snapshot(model):
+    return {v.path: v.numpy().copy() for v in model.variables}
+
+
+def test_stage2_changes_only_the_classifier_kernel():
+    model, x, y = model_and_batch()
+    before = snapshot(model)
+    loss, crr, frr = model.stage2_step(x, y)
+    assert float(crr) > 0 and float(frr) > 0
+    after = snapshot(model)
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+    assert changed == {model.classifier.kernel.path}
+    assert int(model.optimizer.iterations) == 0 and int(model.stage2_optimizer.iterations) == 1
+
+
+def test_stage1_changes_the_backbone_and_train_step_runs_both_stages():
+    model, x, y = model_and_batch(1)
+    before = snapshot(model)
+    model.stage1_step(x, y)
+    after = snapshot(model)
+    backbone = [v.path for v in model.backbone.trainable_variables]
+    assert all(not np.array_equal(before[p], after[p]) for p in backbone)
+    assert not np.array_equal(before[model.classifier.bias.path], after[model.classifier.bias.path])
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert {"loss", "accuracy", "crr", "frr", "stage2_loss"} <= set(logs)
+    assert int(model.optimizer.iterations) == 2 and int(model.stage2_optimizer.iterations) == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not whole sets of set_size=2"):
+        model.train_on_batch(x[:5], y[:5])
+
+
+def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
+    keras.utils.set_random_seed(2)
+    data = synthetic.generate("train", num_classes=4, images_per_class=20, image_size=40)
+    ds = pipeline.class_set_dataset(data.images, data.labels, set_size=4, sets_per_batch=4, seed=0)
+    model = MinMaxCAM(num_classes=4, backbone="small", image_size=40, set_size=4, lambda_frr=10.0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = model.fit(ds, epochs=4, steps_per_epoch=5, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] and np.isfinite(history["stage2_loss"]).all()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, MinMaxCAM) and loaded.get_config()["lambda_frr"] == 10.0
+    np.testing.assert_array_equal(np.asarray(loaded(data.images[:4])), np.asarray(model(data.images[:4])))
+    assert int(loaded.stage2_optimizer.iterations) == 20
+
+
+def test_mixed_precision_losses_stay_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, x, y = model_and_batch(3)
+        assert isinstance(model.stage2_optimizer, keras.optimizers.LossScaleOptimizer)
+        crr, frr = model.region_losses(x, y)
+        assert crr.dtype == "float32" and frr.dtype == "float32"
+        logs = model.train_on_batch(x, y, return_dict=True)
+        assert np.isfinite(logs["loss"]) and np.isfinite(logs["stage2_loss"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_two_replicas_each_get_whole_sets():
+    """MirroredStrategy over two logical CPUs (a fresh process: devices are fixed at TF start)."""
+    code = textwrap.dedent("""
+        import numpy as np, tensorflow as tf, keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from keras_wsol.data import pipeline, synthetic
+        from keras_wsol.methods import MinMaxCAM
+        data = synthetic.generate("train", num_classes=4, images_per_class=6, image_size=32)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            model = MinMaxCAM(num_classes=4, backbone="small", image_size=32, set_size=3)
+            model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        ds = pipeline.class_set_dataset(data.images, data.labels, set_size=3, sets_per_batch=2)
+        logs = model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0).history
+        print("REPLICAS", strategy.num_replicas_in_sync, "LOSS", logs["loss"][-1], logs["stage2_loss"][-1])
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": root})
+    assert result.returncode == 0, result.stderr[-3000:]
+    words = result.stdout.split()
+    assert words[words.index("REPLICAS") + 1] == "2" and np.isfinite(float(words[words.index("LOSS") + 2]))
