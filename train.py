@@ -22,20 +22,21 @@ wsol_flags.define_train_flags()
 FLAGS = wsol_flags.FLAGS
 
 
-def build_optimizer(steps: int):
-    """The optimizer of --optimizer with the --lr_schedule over ``steps`` updates."""
+def build_optimizer(steps: int, kind: str = "same", learning_rate: float | None = None):
+    """The optimizer of --optimizer (or ``kind``) with the --lr_schedule over ``steps`` updates."""
     import keras
 
-    lr = FLAGS.learning_rate
+    kind = FLAGS.optimizer if kind == "same" else kind
+    lr = FLAGS.learning_rate if learning_rate is None else learning_rate
     if FLAGS.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1))
     elif FLAGS.lr_schedule == "step":
         lr = keras.optimizers.schedules.PiecewiseConstantDecay(
             [int(steps * 0.5), int(steps * 0.75)], [lr, lr * 0.1, lr * 0.01]
         )
-    if FLAGS.optimizer == "sgd":
+    if kind == "sgd":
         return keras.optimizers.SGD(lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay or None)
-    if FLAGS.optimizer == "adamw":
+    if kind == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=FLAGS.weight_decay)
     return keras.optimizers.Adam(lr)
 
@@ -92,7 +93,12 @@ def main(argv: list[str]) -> None:
         head_channels=FLAGS.head_channels,
         **wsol_flags.method_kwargs(FLAGS.method),
     )
-    model.compile(optimizer=build_optimizer(FLAGS.epochs * steps_per_epoch), jit_compile=FLAGS.jit_compile)
+    compile_kwargs = {}
+    if FLAGS.method == "minmaxcam" and (FLAGS.stage2_optimizer == "sgd" or FLAGS.stage2_learning_rate is not None):
+        compile_kwargs["stage2_optimizer"] = build_optimizer(
+            FLAGS.epochs * steps_per_epoch, FLAGS.stage2_optimizer, FLAGS.stage2_learning_rate)
+    model.compile(optimizer=build_optimizer(FLAGS.epochs * steps_per_epoch), jit_compile=FLAGS.jit_compile,
+                  **compile_kwargs)
     ckpt = os.path.join(workdir, "checkpoints")
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),

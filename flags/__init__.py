@@ -62,7 +62,10 @@ def define_model_flags() -> None:
     flags.DEFINE_float("lambda_crr", 1.0, "MinMaxCAM: weight of Common Region Regularization (Eq. 5).", lower_bound=0)
     flags.DEFINE_float("lambda_frr", 1.0, "MinMaxCAM: weight of Full Region Regularization (Eq. 5); 10 in a later "
                        "reimplementation.", lower_bound=0)
-
+    flags.DEFINE_enum("stage2_optimizer", "same", ("same", "sgd"),
+                      "MinMaxCAM stage II optimizer: a fresh copy of --optimizer, or SGD with --momentum (the official code "
+                      "steps both stages with SGD, so a loss's size sets its step).")
+    flags.DEFINE_float("stage2_learning_rate", None, "MinMaxCAM stage II learning rate; default --learning_rate.")
 
 # The flags each method takes as constructor arguments (a method never reads flags itself).
 METHOD_FLAGS = {"minmaxcam": ("set_size", "lambda_crr", "lambda_frr")}
