@@ -23,14 +23,14 @@ import numpy as np
 from absl import app, flags
 
 import flags as wsol_flags
-from keras_wsol.localizers import LOCALIZERS
+from keras_wsol import localizers
 
 wsol_flags.define_data_flags()
 flags.DEFINE_string("workdir", None, "A train.py workdir (its checkpoints/best.keras and flags.txt are used).")
 flags.DEFINE_string("checkpoint", None, "A .keras model file; default WORKDIR/checkpoints/best.keras.")
 flags.DEFINE_enum("split", "test", ("train", "val", "test"), "Split to evaluate.")
 flags.DEFINE_string("output_dir", None, "Where metrics.json and pictures go; default WORKDIR/eval_SPLIT.")
-flags.DEFINE_enum("localizer", "cam", (*LOCALIZERS, "all"),
+flags.DEFINE_enum("localizer", "cam", (*localizers.LOCALIZERS, "all"),
                   "How score maps are made from the checkpoint (keras_wsol.localizers); all: sweep them.")
 flags.DEFINE_string("layer", None, "Layer for the localizer: low, mid, high, cam (WSOLModel taps) or a layer name; "
                     "all: every tap. Default: the classifier's layer.")
@@ -77,7 +77,7 @@ def evaluate_scoremap_folder() -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from keras_wsol import localizers, reporting
+    from keras_wsol import reporting
 
     if FLAGS.scoremap_root or FLAGS.metadata_root:
         if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):

@@ -58,7 +58,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_wsol.methods.base import WSOLModel, minmax_normalize, predicted_where_negative
+from keras_wsol.backbones import TAPS
+from keras_wsol.methods.base import WSOLModel, predicted_where_negative, upsample_normalized
 
 SCORES = ("logit", "softmax")
 LOG_EPS = 1e-6
@@ -149,7 +150,7 @@ class _Hooks:
 def feature_layers(model) -> list[str]:
     """The layer names ``--layer=all`` sweeps: a WSOLModel's taps, low to high."""
     if isinstance(model, WSOLModel):
-        return ["low", "mid", "high"] + (["cam"] if model.head is not None else [])
+        return list(TAPS) + (["cam"] if model.head is not None else [])
     raise ValueError(f"{model.name}: name the layers to sweep; only WSOLModel checkpoints have known taps (low, mid, high)")
 
 
@@ -228,7 +229,7 @@ class Localizer:
         self.layer = layer or default_layer(model)
         self.score = score
         self.guided = self.guided_default if guided is None else bool(guided)
-        self._is_tap = isinstance(model, WSOLModel) and self.layer in ("low", "mid", "high", "cam")
+        self._is_tap = isinstance(model, WSOLModel) and self.layer in (*TAPS, "cam")
         self._target = None if self._is_tap else _find_layer(model, self.layer)
         # A partial (no __code__) so TensorFlow keys its retracing warning to
         # this localizer, not to the method shared by all of them.
@@ -282,9 +283,7 @@ class Localizer:
         return self._raw(images, tf.convert_to_tensor(class_ids, tf.int32))
 
     def __call__(self, images, class_ids=None) -> tf.Tensor:
-        maps, _ = self.raw_maps(images, class_ids)
-        size = ops.shape(images)[1:3]
-        return minmax_normalize(ops.image.resize(maps[..., None], size, interpolation="bilinear")[..., 0])
+        return upsample_normalized(self.raw_maps(images, class_ids)[0], ops.shape(images)[1:3])
 
 
 class CAM(Localizer):

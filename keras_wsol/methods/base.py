@@ -54,6 +54,16 @@ def predicted_where_negative(class_ids, logits) -> tf.Tensor:
     return ops.where(class_ids < 0, predicted, class_ids)
 
 
+def class_channel(maps: tf.Tensor, class_ids) -> tf.Tensor:
+    """The map of one class per image: ``[B, h, w, C]`` -> ``[B, h, w]``."""
+    return ops.take_along_axis(maps, ops.reshape(ops.cast(class_ids, "int32"), (-1, 1, 1, 1)), axis=-1)[..., 0]
+
+
+def upsample_normalized(maps: tf.Tensor, size) -> tf.Tensor:
+    """Raw maps ``[B, h, w]`` -> ``[B, H, W]``: bilinear (half-pixel centres), then per-map min-max."""
+    return minmax_normalize(ops.image.resize(maps[..., None], size, interpolation="bilinear")[..., 0])
+
+
 @keras.saving.register_keras_serializable(package="keras_wsol")
 class WSOLModel(keras.Model):
     """A classifier whose class activation maps localize objects (the CAM baseline).
@@ -137,9 +147,7 @@ class WSOLModel(keras.Model):
         Methods whose maps differ from CAM override this one method.
         """
         logits, maps = self(images, training=False, return_maps=True)
-        class_ids = predicted_where_negative(class_ids, logits)
-        picked = ops.take_along_axis(maps, ops.reshape(class_ids, (-1, 1, 1, 1)), axis=-1)
-        return logits, picked[..., 0]
+        return logits, class_channel(maps, predicted_where_negative(class_ids, logits))
 
     def class_maps(self, images, class_ids=None) -> tf.Tensor:
         """Raw maps ``[B, h, w]`` of ``class_ids`` (default: the predicted class)."""
@@ -147,9 +155,7 @@ class WSOLModel(keras.Model):
 
     def localization_maps(self, images, class_ids=None) -> tf.Tensor:
         """Maps ``[B, H, W]`` at the input size (bilinear), min-max normalized per image."""
-        maps = self.class_maps(images, class_ids)[..., None]
-        size = ops.shape(images)[1:3]
-        return minmax_normalize(ops.image.resize(maps, size, interpolation="bilinear")[..., 0])
+        return upsample_normalized(self.class_maps(images, class_ids), ops.shape(images)[1:3])
 
     def mask_images(self, images, maps) -> tf.Tensor:
         """``I * H`` as the backbone sees it: pixels pulled towards the value its preprocessing maps to 0.

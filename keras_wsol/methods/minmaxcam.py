@@ -39,7 +39,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_wsol.losses import crr_per_set, frr_per_image
-from keras_wsol.methods.base import WSOLModel, minmax_normalize, replica_mean
+from keras_wsol.methods.base import WSOLModel, class_channel, minmax_normalize, replica_mean
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -92,9 +92,10 @@ class MinMaxCAM(WSOLModel):
     def region_losses(self, images, labels) -> tuple[tf.Tensor, tf.Tensor]:
         """Stage II's ``(CRR, FRR)`` for a batch of whole class sets, averaged over the global batch."""
         original = self.features(images, training=False)["cam"]
-        picked = ops.take_along_axis(self.cams(original), ops.reshape(ops.cast(labels, "int32"), (-1, 1, 1, 1)), axis=-1)
-        maps = ops.image.resize(minmax_normalize(picked[..., 0])[..., None], ops.shape(images)[1:3], interpolation="bilinear")
-        masked = self.features(self.mask_images(images, maps[..., 0]), training=False)["cam"]
+        # Normalized at feature resolution, then upsampled (the official order).
+        maps = minmax_normalize(class_channel(self.cams(original), labels))
+        maps = ops.image.resize(maps[..., None], ops.shape(images)[1:3], interpolation="bilinear")[..., 0]
+        masked = self.features(self.mask_images(images, maps), training=False)["cam"]
         f, f_o = ops.mean(masked, axis=(1, 2)), ops.mean(original, axis=(1, 2))
         return replica_mean(crr_per_set(f, self.set_size)), replica_mean(frr_per_image(f, f_o))
 
