@@ -15,10 +15,17 @@ The surgery follows the WSOL protocol code:
 - ``small``: a 4-block conv net with BatchNorm (16-128 channels, stride 8),
   for CPUs, the offline default and the tests.
 
+``keep_resolution_after=TAP`` runs every downsampling layer between ``TAP``
+and ``high`` with stride 1, so ``high`` has ``TAP``'s resolution: CAMs2i's
+stride-1 maxpool, which lets a classifier inserted at ``TAP`` make maps of the
+final classifier's size.
+
 Example:
     >>> bb = build_backbone("small", (64, 64, 3))
     >>> {k: tuple(v.shape[1:3]) for k, v in bb.output.items()}
     {'high': (8, 8), 'low': (32, 32), 'mid': (16, 16)}
+    >>> tuple(build_backbone("small", (64, 64, 3), keep_resolution_after="mid").output["high"].shape[1:3])
+    (16, 16)
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ from keras_wsol.layers import Preprocess
 TAPS = ("low", "mid", "high")
 
 
-def _small(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+Surgery = dict[str, dict]
+_POOL_STRIDE_ONE = {"strides": (1, 1), "padding": "same"}
+
+
+def _small(input_shape: tuple[int, int, int], weights: str | None, surgery: Surgery) -> keras.Model:
     if weights == "imagenet":
         raise ValueError("--weights=imagenet: the 'small' backbone has no ImageNet weights; use none or a file")
     inputs = keras.Input(input_shape)
@@ -52,10 +63,10 @@ def _small(input_shape: tuple[int, int, int], weights: str | None) -> keras.Mode
     model = keras.Model(inputs, taps, name="small")
     if weights is not None:
         model.load_weights(weights)
-    return model
+    return _with_strides_one(model, surgery) if surgery else model
 
 
-def _with_strides_one(model: keras.Model, strided: dict[str, dict]) -> keras.Model:
+def _with_strides_one(model: keras.Model, strided: Surgery) -> keras.Model:
     """Rebuild a functional model with some layers' config changed (strides, padding), same weights."""
     config = model.get_config()
     for layer in config["layers"]:
@@ -70,9 +81,9 @@ def _application(
     factory: Callable[..., keras.Model],
     mode: str,
     taps: dict[str, str],
-    surgery: dict[str, dict],
-) -> Callable[[tuple[int, int, int], str | None], keras.Model]:
-    def build(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    surgery: Surgery,
+) -> Callable[[tuple[int, int, int], str | None, Surgery], keras.Model]:
+    def build(input_shape: tuple[int, int, int], weights: str | None, extra: Surgery) -> keras.Model:
         try:
             net = factory(include_top=False, weights=weights, input_shape=input_shape)
         except Exception as error:  # the download raises several types
@@ -83,8 +94,8 @@ def _application(
                     "or --weights=PATH to a local .weights.h5 file instead."
                 ) from error
             raise
-        if surgery:
-            net = _with_strides_one(net, surgery)
+        if surgery or extra:
+            net = _with_strides_one(net, {**surgery, **extra})
         inputs = keras.Input(input_shape)
         x = Preprocess(mode, name="preprocess")(inputs)
         features = keras.Model(net.input, {k: net.get_layer(v).output for k, v in taps.items()})
@@ -93,7 +104,7 @@ def _application(
     return build
 
 
-_BUILDERS: dict[str, Callable[[tuple[int, int, int], str | None], keras.Model]] = {
+_BUILDERS: dict[str, Callable[[tuple[int, int, int], str | None, Surgery], keras.Model]] = {
     "small": _small,
     "vgg16": _application(
         keras.applications.VGG16,
@@ -130,8 +141,28 @@ _BUILDERS: dict[str, Callable[[tuple[int, int, int], str | None], keras.Model]] 
 
 BACKBONES = tuple(_BUILDERS)
 
+# The downsampling layers between a tap and ``high``, per backbone: the taps
+# ``keep_resolution_after`` accepts. ResNet50's and MobileNetV2's last stages
+# already run at stride 1 after the standard surgery.
+_DOWNSAMPLING_AFTER: dict[str, dict[str, tuple[str, ...]]] = {
+    "small": {"low": ("block2_pool", "block3_pool"), "mid": ("block3_pool",)},
+    "vgg16": {"low": ("block3_pool", "block4_pool"), "mid": ("block4_pool",)},
+    "resnet50": {"mid": ()},
+    "mobilenet_v2": {"mid": ()},
+}
 
-def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+
+def resolution_keeping_taps(name: str) -> tuple[str, ...]:
+    """The taps of backbone ``name`` that ``keep_resolution_after`` accepts."""
+    return tuple(_DOWNSAMPLING_AFTER.get(name, {}))
+
+
+def build_backbone(
+    name: str,
+    input_shape: tuple[int, int, int],
+    weights: str | None = None,
+    keep_resolution_after: str | None = None,
+) -> keras.Model:
     """Build backbone ``name`` (one of :data:`BACKBONES`) for ``input_shape``.
 
     Args:
@@ -140,6 +171,8 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
         weights: ``None``/``"none"`` (random), ``"imagenet"`` (keras.applications
             download; needs the network) or a path to a ``.weights.h5`` file of
             the keras.applications model (for ``small``, of this backbone).
+        keep_resolution_after: a tap (``"low"`` or ``"mid"``) whose resolution
+            ``high`` keeps: the max-pools in between run with stride 1.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -147,4 +180,12 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
         weights = None
     elif weights != "imagenet" and not os.path.isfile(weights):
         raise FileNotFoundError(f"--weights={weights}: no such file (use none, imagenet or a .weights.h5 path)")
-    return _BUILDERS[name](input_shape, weights)
+    surgery: Surgery = {}
+    if keep_resolution_after is not None:
+        if keep_resolution_after not in resolution_keeping_taps(name):
+            raise ValueError(
+                f"backbone {name} cannot keep the resolution of tap {keep_resolution_after!r} up to 'high'; "
+                f"it can after: {', '.join(resolution_keeping_taps(name)) or 'no tap'}"
+            )
+        surgery = {layer: _POOL_STRIDE_ONE for layer in _DOWNSAMPLING_AFTER[name][keep_resolution_after]}
+    return _BUILDERS[name](input_shape, weights, surgery)

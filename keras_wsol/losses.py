@@ -10,6 +10,8 @@ Example:
     [2.0, 0.0]
     >>> frr_per_image(f, f + 1.0).numpy().tolist()
     [1.0, 1.0, 1.0, 1.0]
+    >>> confidence_mask(np.array([[[0.0, 0.0, 2.0, 4.0]]], "float32")).numpy().tolist()  # mu0 1.5, mu1 1.5
+    [[[1.5, 1.5, -0.5, 2.5]]]
 """
 
 from __future__ import annotations
@@ -45,3 +47,90 @@ def frr_per_image(features, original_features) -> tf.Tensor:
     features = ops.cast(features, "float32")
     original = tf.stop_gradient(ops.cast(original_features, "float32"))
     return ops.mean(ops.square(features - original), axis=-1)
+
+
+def confidence_mask(maps) -> tf.Tensor:
+    """The per-pixel adversarial/cooperative mask of CAMs2i Eq. 3, ``[B, h, w]`` -> ``[B, h, w]``.
+
+    ``mu0`` is the mean of each map, ``|S - mu0|`` the distance of each pixel
+    to it and ``mu1`` the mean distance; the mask is the distance, negated
+    where it is below ``mu1`` (``(-1)^(mu1 > mask)``): positive on confident
+    pixels (far from the mean), negative on ambiguous ones.
+    """
+    maps = ops.cast(maps, "float32")
+    distance = ops.abs(maps - ops.mean(maps, axis=(1, 2), keepdims=True))
+    mu1 = ops.mean(distance, axis=(1, 2), keepdims=True)
+    return ops.where(mu1 > distance, -distance, distance)
+
+
+def interaction_per_image(maps_1, maps_2, mask) -> tf.Tensor:
+    """L_int of CAMs2i Eq. 4, one value per image: ``(S1 - S2)^2 * mask``, averaged over pixels.
+
+    Eq. 4 sums over pixels; the mean keeps the loss's size independent of
+    the map resolution (the paper gives Eq. 7 no other weight).
+    """
+    diff = ops.cast(maps_1, "float32") - ops.cast(maps_2, "float32")
+    return ops.mean(ops.square(diff) * ops.cast(mask, "float32"), axis=(1, 2))
+
+
+def adn_per_image(logits_1, logits_2) -> tf.Tensor:
+    """L_adn of CAMs2i Eq. 6, one value per image: ``sum_c (softmax(y1) - softmax(y2))^2``.
+
+    ``y1`` (the final classifier) supervises ``y2``: its softmax is a constant.
+    """
+    teacher = tf.stop_gradient(ops.softmax(ops.cast(logits_1, "float32"), axis=-1))
+    return ops.sum(ops.square(teacher - ops.softmax(ops.cast(logits_2, "float32"), axis=-1)), axis=-1)
+
+
+def inter_sample_per_image(foreground, background, labels) -> tf.Tensor:
+    """L_inter of CAMs2i Eq. 9-10, one value per image ``i``: ``-sum_{j > i, y_j = y_i} log p_ij``.
+
+    ``foreground`` and ``background`` ``[B, c]`` are ``f`` of the foreground-
+    and background-weighted images (Eq. 8). With
+    ``d+_ij = (||f^f_i - f^f_j||^2 + ||f^b_i - f^b_j||^2) / 2c`` (same class,
+    pulled together) and ``d-_ij = (||f^f_i - f^b_i||^2 + ||f^f_j - f^b_j||^2) / 2c``
+    (foreground against background, pushed apart),
+    ``p_ij = 1 / (1 + exp(d+ - d-))``, so ``-log p_ij = softplus(d+ - d-)``.
+    The sum over images is Eq. 10's sum over pairs.
+    """
+    fg = ops.cast(foreground, "float32")
+    bg = ops.cast(background, "float32")
+    width = ops.cast(ops.shape(fg)[-1], "float32")
+
+    def pairwise(a):
+        return ops.sum(ops.square(a[:, None, :] - a[None, :, :]), axis=-1)
+
+    d_pos = (pairwise(fg) + pairwise(bg)) / (2.0 * width)
+    own = ops.sum(ops.square(fg - bg), axis=-1)
+    d_neg = (own[:, None] + own[None, :]) / (2.0 * width)
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    size = ops.shape(labels)[0]
+    later = ops.arange(size)[None, :] > ops.arange(size)[:, None]
+    pairs = ops.logical_and(labels[:, None] == labels[None, :], later)
+    return ops.sum(ops.where(pairs, ops.softplus(d_pos - d_neg), 0.0), axis=1)
+
+
+def linear_ramp(step, ramp_steps: int) -> tf.Tensor:
+    """CAMs2i's ``w0`` (Eq. 7): ``step / ramp_steps``, capped at 1; 1 throughout when ``ramp_steps`` is 0.
+
+    Eq. 7 writes ``1 / w0`` with ``w0`` rising from 0 to 1 "to keep the extra
+    losses out early"; only a weight that *multiplies* them does that (1 / w0
+    would start infinite), so this is the multiplier.
+    """
+    if ramp_steps <= 0:
+        return ops.convert_to_tensor(1.0, "float32")
+    return ops.minimum(ops.cast(step, "float32") / float(ramp_steps), 1.0)
+
+
+def attention_fusion_per_image(maps_x, maps_complement) -> tf.Tensor:
+    """Attention-based Fusion Loss of Babar & Das Eq. 14, one value per image.
+
+    ``|| V_x / ||V_x||_2 - V_x~ / ||V_x~||_2 ||^2`` with ``V`` the vectorized
+    localization map ``[B, h, w]`` of the ground-truth class from each branch
+    (Eq. 13); 0 for maps equal up to a positive scale, at most 4.
+    """
+    def unit(maps):
+        flat = ops.reshape(ops.cast(maps, "float32"), (ops.shape(maps)[0], -1))
+        return flat * ops.rsqrt(ops.maximum(ops.sum(ops.square(flat), axis=-1, keepdims=True), 1e-12))
+
+    return ops.sum(ops.square(unit(maps_x) - unit(maps_complement)), axis=-1)

@@ -93,7 +93,7 @@ class WSOLModel(keras.Model):
         self.image_size = image_size
         self.weights_source = weights
         self.head_channels = head_channels
-        self.backbone = build_backbone(backbone, (image_size, image_size, 3), weights)
+        self.backbone = build_backbone(backbone, (image_size, image_size, 3), weights, **self.backbone_options())
         self.head = (
             keras.layers.Conv2D(head_channels, 3, padding="same", activation="relu", name="cam_head")
             if head_channels
@@ -103,16 +103,24 @@ class WSOLModel(keras.Model):
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        #: Mean trackers of a method's extra logged values, by name (``compute_losses``'s ``parts``).
+        self.part_trackers: dict[str, keras.metrics.Mean] = {}
         self.create_method_state()
         # Create every variable now (one forward pass on zeros): weight loading
         # and BackupAndRestore need them before fit.
         self(ops.zeros((1, image_size, image_size, 3)))
+
+    def backbone_options(self) -> dict:
+        """Extra ``build_backbone`` arguments of a method (called by ``__init__``; plain attributes are set)."""
+        return {}
 
     def create_method_state(self) -> None:
         """Create a method's own layers and metrics (called by ``__init__`` before the model is built)."""
 
     #: Whether training batches must be class sets (``pipeline.class_set_dataset``).
     uses_class_sets = False
+    #: ``parts`` that hold one value for the whole batch on every replica (not a per-replica loss share).
+    replica_constant_parts: tuple[str, ...] = ()
 
     # -- forward -----------------------------------------------------------
     def features(self, images, training=False) -> dict:
@@ -121,9 +129,13 @@ class WSOLModel(keras.Model):
         taps["cam"] = self.head(taps["high"]) if self.head is not None else taps["high"]
         return taps
 
-    def cams(self, feature_map) -> tf.Tensor:
-        """Class activation maps ``[B, h, w, C]``: features weighted by the classifier kernel (Eq. 1 of CAM)."""
-        return ops.einsum("bhwk,kc->bhwc", ops.cast(feature_map, "float32"), ops.cast(self.classifier.kernel, "float32"))
+    def cams(self, feature_map, classifier: keras.layers.Dense | None = None) -> tf.Tensor:
+        """Class activation maps ``[B, h, w, C]``: features weighted by a classifier's kernel (Eq. 1 of CAM).
+
+        ``classifier`` defaults to the model's own (methods with two pass theirs).
+        """
+        kernel = (classifier or self.classifier).kernel
+        return ops.einsum("bhwk,kc->bhwc", ops.cast(feature_map, "float32"), ops.cast(kernel, "float32"))
 
     def logits_and_features(self, images, training=False) -> tuple[tf.Tensor, dict]:
         """Logits and every feature tap (``low``, ``mid``, ``high``, ``cam``) of one forward pass.
@@ -170,29 +182,48 @@ class WSOLModel(keras.Model):
     # -- training ------------------------------------------------------------
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy]
+        return [self.loss_tracker, self.accuracy, *self.part_trackers.values()]
+
+    def add_part_trackers(self, *names: str) -> None:
+        """Create a Mean tracker for each extra value a method logs."""
+        self.part_trackers.update({name: keras.metrics.Mean(name=name) for name in names})
 
     def classification_loss(self, labels, logits) -> tf.Tensor:
         """Cross-entropy averaged over the global batch, in float32."""
         per_example = keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
         return replica_mean(per_example)
 
-    def _update_metrics(self, loss, labels, logits) -> dict:
+    def _update_metrics(self, loss, labels, logits, parts: dict | None = None) -> dict:
+        """Update loss, accuracy and the part trackers; returns the logs.
+
+        Losses are per-replica shares of the global mean (``replica_mean``), so
+        each is scaled by the replica count before the trackers average them.
+        """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.loss_tracker.update_state(loss * replicas)
         self.accuracy.update_state(labels, logits)
-        return {m.name: m.result() for m in (self.loss_tracker, self.accuracy)}
+        logs = {m.name: m.result() for m in (self.loss_tracker, self.accuracy)}
+        for name, value in (parts or {}).items():
+            self.part_trackers[name].update_state(value if name in self.replica_constant_parts else value * replicas)
+            logs[name] = self.part_trackers[name].result()
+        return logs
+
+    def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
+        """``(total loss, parts, logits)``: what ``train_step`` minimizes, its logged parts and the logits.
+
+        The plain cross-entropy here; single-stage methods override this alone.
+        """
+        logits = self(images, training=training)
+        return self.classification_loss(labels, logits), {}, logits
 
     def train_step(self, data):
         images, labels = data[0], data[1]
         with tf.GradientTape() as tape:
-            logits = self(images, training=True)
-            loss = self.classification_loss(labels, logits)
+            loss, parts, logits = self.compute_losses(images, labels, training=True)
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update_metrics(loss, labels, logits)
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        return self._update_metrics(loss, labels, logits, parts)
 
     def test_step(self, data):
         images, labels = data[0], data[1]

@@ -64,9 +64,7 @@ class MinMaxCAM(WSOLModel):
         super().__init__(*args, **kwargs)
 
     def create_method_state(self) -> None:
-        self.crr_tracker = keras.metrics.Mean(name="crr")
-        self.frr_tracker = keras.metrics.Mean(name="frr")
-        self.stage2_tracker = keras.metrics.Mean(name="stage2_loss")
+        self.add_part_trackers("crr", "frr", "stage2_loss")
 
     def compile(self, optimizer="adam", stage2_optimizer=None, **kwargs):
         """As ``keras.Model.compile``; ``stage2_optimizer`` steps the classifier kernel in stage II."""
@@ -84,10 +82,6 @@ class MinMaxCAM(WSOLModel):
         """Recompile a loaded model through this class's ``compile`` (building both optimizers)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
-
-    @property
-    def metrics(self):
-        return super().metrics + [self.crr_tracker, self.frr_tracker, self.stage2_tracker]
 
     def region_losses(self, images, labels) -> tuple[tf.Tensor, tf.Tensor]:
         """Stage II's ``(CRR, FRR)`` for a batch of whole class sets, averaged over the global batch."""
@@ -128,12 +122,7 @@ class MinMaxCAM(WSOLModel):
         )
         loss, logits = self.stage1_step(images, labels)
         stage2, crr, frr = self.stage2_step(images, labels)
-        logs = self._update_metrics(loss, labels, logits)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        for tracker, value in ((self.crr_tracker, crr), (self.frr_tracker, frr), (self.stage2_tracker, stage2)):
-            tracker.update_state(value * replicas)
-            logs[tracker.name] = tracker.result()
-        return logs
+        return self._update_metrics(loss, labels, logits, {"crr": crr, "frr": frr, "stage2_loss": stage2})
 
     def get_config(self) -> dict:
         return {**super().get_config(), "set_size": self.set_size, "lambda_crr": self.lambda_crr, "lambda_frr": self.lambda_frr}

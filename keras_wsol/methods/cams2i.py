@@ -1,0 +1,237 @@
+"""CAMs2i (inter-intra regulated CAMs): two classifiers whose maps regulate each other, plus an inter-sample criterion.
+
+Section 3 of the paper, read as follows where it leaves a choice open:
+
+* **Two classifiers** (Eq. 2): ``S1`` after the last block, ``S2`` on a
+  backbone tap (``s2_tap``, default ``"mid"``), each two 1x1 convs of
+  ``classifier_channels`` (1024 in the paper) with ReLU, then GAP and a
+  linear layer (a 1x1 conv to C channels and GAP, Eq. 1). The max-pools
+  between the tap and the last block run with stride 1 so both maps have one
+  size (``build_backbone(keep_resolution_after=...)``). ``S_t`` is the
+  class map including the classifier's bias, so ``y_t = GAP(S_t)``.
+* **Intra-sample loss** (Eq. 3, 4, 6, 7) on the ground-truth class's maps,
+  min-max normalized per image: raw CAMs are unbounded and the negative
+  (adversarial) part of Eq. 4 would push them apart without limit. ``S2`` is
+  the teacher in Eq. 4: its map and the mask from it are constants (no
+  gradient reaches ``S2`` through the mask or the distance), as ``S1``'s
+  softmax is the teacher of ``S2`` in Eq. 6. Eq. 4 is averaged over pixels.
+  Eq. 7's ``1 / w0`` is read as a weight ``w0`` that *multiplies*
+  ``L_int + L_adn``, rising linearly from 0 to 1 over ``ramp_steps``
+  optimizer steps (``1 / w0`` would explode at 0).
+* **Inter-sample criterion** (Eq. 8-10), on by default: for both
+  classifiers, the image weighted by ``sigmoid(S_t^c)`` of the ground-truth
+  class (foreground) and by ``1 - max_c sigmoid(S_t)`` (background), both
+  upsampled bilinearly; masked pixels become the preprocessing's zero point
+  (``WSOLModel.mask_images``). ``f`` is a small conv net trained with the
+  model (``inter_net="small"``; AlexNet in the paper) or GAP of a backbone
+  tap; pairs are the same-class images of the batch (class-set batches give
+  each image ``S - 1`` partners). The two classifiers' losses are summed.
+  Per-image values are averaged over the global batch. ``f``'s output is
+  scaled to root-mean-square 1 (norm ``sqrt(c)``), so each distance of Eq. 9
+  lies in [0, 4]: with raw features ``f`` alone drives L_inter to 0 by
+  growing its output (measured: 0 from the second epoch on the synthetic
+  benchmark), and the CAMs get no signal from the module.
+* **Total**: ``CE(y1) + CE(y2) + w0 (L_int + L_adn) + L_inter``, one
+  optimizer over every trainable weight.
+* **Inference** (Section 3.2): the predicted class comes from ``y1`` (the
+  model's logits); its maps from both classifiers are min-max normalized
+  and averaged, at feature resolution, and ``localization_maps`` resizes that.
+
+Example:
+    >>> import numpy as np, keras
+    >>> model = CAMs2i(num_classes=2, backbone="small", image_size=32, classifier_channels=8, inter_dim=4)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> x = np.zeros((4, 32, 32, 3), "float32")
+    >>> sorted(model.train_on_batch(x, np.array([0, 0, 1, 1]), return_dict=True))
+    ['accuracy', 'adn', 'ce_s2', 'int', 'inter', 'loss', 'w0']
+    >>> tuple(model.localization_maps(x).shape)
+    (4, 32, 32)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_wsol.backbones import TAPS, resolution_keeping_taps
+from keras_wsol.layers import Preprocess
+from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
+from keras_wsol.methods.base import (
+    WSOLModel,
+    class_channel,
+    minmax_normalize,
+    predicted_where_negative,
+    replica_mean,
+)
+
+INTER_NETS = ("small", *TAPS)
+
+
+def _pointwise_head(in_channels: int, channels: int, name: str) -> keras.Sequential:
+    """Two 1x1 convs with ReLU: the body of a CAMs2i classifier (Section 3.4)."""
+    return keras.Sequential(
+        [
+            keras.Input((None, None, in_channels)),
+            keras.layers.Conv2D(channels, 1, activation="relu", name=f"{name}_conv1"),
+            keras.layers.Conv2D(channels, 1, activation="relu", name=f"{name}_conv2"),
+        ],
+        name=name,
+    )
+
+
+def _embedding_net(image_size: int, preprocess: str, dim: int) -> keras.Sequential:
+    """``f`` of Eq. 9: three stride-2 convs, GAP and a ``dim``-wide linear embedding."""
+    layers = [keras.Input((image_size, image_size, 3)), Preprocess(preprocess, name="f_preprocess")]
+    for i, filters in enumerate((32, 64, 128)):
+        layers.append(keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"f_conv{i + 1}"))
+    layers += [keras.layers.GlobalAveragePooling2D(name="f_gap"), keras.layers.Dense(dim, name="f_embedding")]
+    return keras.Sequential(layers, name="inter_f")
+
+
+@keras.saving.register_keras_serializable(package="keras_wsol")
+class CAMs2i(WSOLModel):
+    """Two classifiers regulating each other pixel by pixel (CAMsIntra), plus the inter-sample module.
+
+    Args:
+        s2_tap: backbone tap where ``S2`` is inserted (``"low"`` or ``"mid"``,
+            as the backbone allows).
+        classifier_channels: width of the two 1x1 convs of each classifier.
+        ramp_steps: optimizer steps over which ``w0`` rises from 0 to 1
+            (0: ``w0 = 1`` from the start).
+        inter_module: add the inter-sample criterion (Eq. 8-10); training
+            batches must then be class sets.
+        inter_net: ``f`` of Eq. 9: ``"small"`` (a conv net of its own) or a
+            backbone tap (``"low"``, ``"mid"``, ``"high"``) pooled by GAP.
+        inter_dim: embedding width of the ``"small"`` ``f``.
+        **kwargs: as :class:`WSOLModel` (``head_channels`` must be 0: the
+            classifiers carry their own convs).
+    """
+
+    replica_constant_parts = ("w0",)
+
+    def __init__(
+        self,
+        *args,
+        s2_tap: str = "mid",
+        classifier_channels: int = 1024,
+        ramp_steps: int = 300,
+        inter_module: bool = True,
+        inter_net: str = "small",
+        inter_dim: int = 128,
+        **kwargs,
+    ):
+        if kwargs.get("head_channels", 0):
+            raise ValueError("CAMs2i: head_channels must be 0; its classifiers have their own 1x1 convs "
+                             "(set classifier_channels)")
+        if inter_net not in INTER_NETS:
+            raise ValueError(f"inter_net={inter_net!r}: choose one of {', '.join(INTER_NETS)}")
+        self.s2_tap = s2_tap
+        self.classifier_channels = classifier_channels
+        self.ramp_steps = ramp_steps
+        self.inter_module = inter_module
+        self.inter_net = inter_net
+        self.inter_dim = inter_dim
+        super().__init__(*args, **kwargs)
+
+    @property
+    def uses_class_sets(self) -> bool:
+        """Class-set batches give the inter-sample criterion its same-class pairs."""
+        return self.inter_module
+
+    def backbone_options(self) -> dict:
+        taps = resolution_keeping_taps(self.backbone_name)
+        if self.s2_tap not in taps:
+            raise ValueError(f"s2_tap={self.s2_tap!r}: S2 must be inserted where the backbone can keep the map size "
+                             f"up to the last block; backbone {self.backbone_name} allows {', '.join(taps) or 'no tap'}")
+        return {"keep_resolution_after": self.s2_tap}
+
+    def create_method_state(self) -> None:
+        widths = {name: int(t.shape[-1]) for name, t in self.backbone.output.items()}
+        self.s1_head = _pointwise_head(widths["high"], self.classifier_channels, "s1_head")
+        self.s2_head = _pointwise_head(widths[self.s2_tap], self.classifier_channels, "s2_head")
+        self.s2_classifier = keras.layers.Dense(self.num_classes, name="s2_classifier")
+        self.s2_classifier.build((None, self.classifier_channels))
+        self.feature_net = None
+        if self.inter_module and self.inter_net == "small":
+            mode = self.backbone.get_layer("preprocess").mode
+            self.feature_net = _embedding_net(self.image_size, mode, self.inter_dim)
+        self.add_part_trackers("ce_s2", "int", "adn", "inter", "w0")
+
+    # -- forward -----------------------------------------------------------
+    def features(self, images, training=False) -> dict:
+        taps = dict(self.backbone(images, training=training))
+        taps["cam"] = self.s1_head(taps["high"], training=training)
+        return taps
+
+    def two_classifiers(self, images, training=False) -> tuple[tuple[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        """``((y1, y2), (S1, S2))``: both classifiers' logits and class maps ``[B, h, w, C]`` (Eq. 1-2)."""
+        taps = self.features(images, training=training)
+        hidden_2 = self.s2_head(taps[self.s2_tap], training=training)
+        outputs = []
+        for hidden, dense in ((taps["cam"], self.classifier), (hidden_2, self.s2_classifier)):
+            logits = dense(self.gap(hidden))
+            outputs.append((logits, self.cams(hidden, dense) + ops.cast(dense.bias, "float32")))
+        (y1, s1), (y2, s2) = outputs
+        return (y1, y2), (s1, s2)
+
+    def logits_and_class_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``y1`` and the mean of both classifiers' min-max normalized maps of ``class_ids`` (Section 3.2)."""
+        (y1, _), (s1, s2) = self.two_classifiers(images, training=False)
+        ids = predicted_where_negative(class_ids, y1)
+        return y1, (minmax_normalize(class_channel(s1, ids)) + minmax_normalize(class_channel(s2, ids))) / 2.0
+
+    # -- losses ------------------------------------------------------------
+    def embed(self, images, training=False) -> tf.Tensor:
+        """``f`` of Eq. 9: ``[B, H, W, 3]`` -> ``[B, c]``, scaled to root-mean-square 1 per vector."""
+        if self.feature_net is not None:
+            features = self.feature_net(images, training=training)
+        else:
+            features = ops.mean(self.backbone(images, training=training)[self.inter_net], axis=(1, 2))
+        features = ops.cast(features, "float32")
+        return features * ops.rsqrt(ops.mean(ops.square(features), axis=-1, keepdims=True) + 1e-12)
+
+    def inter_sample_loss(self, images, labels, maps, training=False) -> tf.Tensor:
+        """L_inter (Eq. 8-10) over both classifiers' maps, averaged over the global batch."""
+        size = ops.shape(images)[1:3]
+
+        def upsample(m):
+            return ops.image.resize(m[..., None], size, interpolation="bilinear")[..., 0]
+
+        weighted = []
+        for s in maps:
+            foreground = upsample(ops.sigmoid(class_channel(s, labels)))
+            background = 1.0 - upsample(ops.max(ops.sigmoid(s), axis=-1))
+            weighted += [self.mask_images(images, foreground), self.mask_images(images, background)]
+        embedded = ops.split(self.embed(ops.concatenate(weighted, axis=0), training=training), len(weighted))
+        per_image = sum(inter_sample_per_image(embedded[i], embedded[i + 1], labels) for i in range(0, len(embedded), 2))
+        return replica_mean(per_image)
+
+    def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
+        """``(total, parts, y1)``: Eq. 7 (with ``w0`` multiplying) plus L_inter; ``parts`` names each term."""
+        (y1, y2), (s1, s2) = self.two_classifiers(images, training=training)
+        teacher = tf.stop_gradient(minmax_normalize(class_channel(s2, labels)))
+        student = minmax_normalize(class_channel(s1, labels))
+        w0 = linear_ramp(self.optimizer.iterations, self.ramp_steps)
+        parts = {
+            "ce_s2": self.classification_loss(labels, y2),
+            "int": replica_mean(interaction_per_image(student, teacher, confidence_mask(teacher))),
+            "adn": replica_mean(adn_per_image(y1, y2)),
+            "w0": w0,
+        }
+        total = self.classification_loss(labels, y1) + parts["ce_s2"] + w0 * (parts["int"] + parts["adn"])
+        if self.inter_module:
+            parts["inter"] = self.inter_sample_loss(images, labels, (s1, s2), training)
+            total += parts["inter"]
+        return total, parts, y1
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "s2_tap": self.s2_tap,
+            "classifier_channels": self.classifier_channels,
+            "ramp_steps": self.ramp_steps,
+            "inter_module": self.inter_module,
+            "inter_net": self.inter_net,
+            "inter_dim": self.inter_dim,
+        }
