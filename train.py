@@ -67,10 +67,24 @@ def main(argv: list[str]) -> None:
     os.makedirs(workdir, exist_ok=True)
     write_flagfile(os.path.join(workdir, "flags.txt"))
 
-    method = get_method(FLAGS.method)
     data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
     train = data["train"]
-    if method.uses_class_sets:
+    kwargs = wsol_flags.method_kwargs(FLAGS.method)
+    if FLAGS.method == "complementary":
+        # Hide-and-seek fills hidden patches with the dataset's mean pixel.
+        kwargs["hide_fill"] = tuple(float(v) for v in train.images.reshape(-1, 3).mean(axis=0))
+    try:
+        model = get_method(FLAGS.method)(
+            num_classes=FLAGS.num_classes,
+            backbone=FLAGS.backbone,
+            image_size=FLAGS.image_size,
+            weights=FLAGS.weights,
+            head_channels=FLAGS.head_channels,
+            **kwargs,
+        )
+    except ValueError as error:
+        raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
+    if model.uses_class_sets:
         # N classes x S images a batch; --batch_size is for evaluation only.
         train_batch = FLAGS.set_size * FLAGS.sets_per_batch
         try:
@@ -85,14 +99,6 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"the training batch ({train_batch} images) is larger than the training split ({len(train.labels)})")
     val_ds = pipeline.eval_dataset(data["val"].images, data["val"].labels, FLAGS.batch_size)
 
-    model = method(
-        num_classes=FLAGS.num_classes,
-        backbone=FLAGS.backbone,
-        image_size=FLAGS.image_size,
-        weights=FLAGS.weights,
-        head_channels=FLAGS.head_channels,
-        **wsol_flags.method_kwargs(FLAGS.method),
-    )
     compile_kwargs = {}
     if FLAGS.method == "minmaxcam" and (FLAGS.stage2_optimizer == "sgd" or FLAGS.stage2_learning_rate is not None):
         compile_kwargs["stage2_optimizer"] = build_optimizer(
@@ -109,7 +115,7 @@ def main(argv: list[str]) -> None:
         CAMOverlayLogger(os.path.join(workdir, "tensorboard"), data["val"].images[:8], data["val"].labels[:8]),
     ]
     model.fit(train_ds, validation_data=val_ds, epochs=FLAGS.epochs, callbacks=callbacks, verbose=2,
-              steps_per_epoch=steps_per_epoch if method.uses_class_sets else None)  # class sets never end
+              steps_per_epoch=steps_per_epoch if model.uses_class_sets else None)  # class sets never end
 
     if FLAGS.evaluate:
         best = keras.models.load_model(os.path.join(ckpt, "best.keras"))

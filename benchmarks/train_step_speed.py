@@ -1,6 +1,7 @@
 """Time per train step of each method relative to CAM, same backbone and batch, in one run.
 
     python benchmarks/train_step_speed.py [--backbones small mobilenet_v2] [--size 96] [--sets 4] [--set_size 5]
+        [--cams2i_channels 1024]
 
 Every registered method trains on the same class-set batch (N sets x S
 images, which every method accepts) from the same start; the compiled train
@@ -27,10 +28,20 @@ PASSES = {
     # Stage I: forward + backward; stage II: forward on I (H and f_o), forward
     # on I * H, backward through that pass to the input (H) and the kernel.
     "minmaxcam": 5,
+    # One forward and one backward through the backbone and both classifiers;
+    # the inter-sample module adds a forward and a backward of f over the 4
+    # weighted images of each image (f is much smaller than the backbone, so
+    # this counts it as one pass each way). CAMs2i's network is also larger
+    # than CAM's (the last block at stride 1, two 1x1-conv classifiers), which
+    # passes do not count.
+    "cams2i": 4,
+    # The backbone forward and backward over X and X~ (twice the batch); CAAM,
+    # SSAM and the aggregation conv run at feature resolution.
+    "complementary": 4,
 }
 
 
-def bench(backbone: str, size: int, sets: int, set_size: int, rounds: int) -> dict[str, float]:
+def bench(backbone: str, size: int, sets: int, set_size: int, rounds: int, cams2i_channels: int) -> dict[str, float]:
     batch = sets * set_size
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
@@ -38,7 +49,7 @@ def bench(backbone: str, size: int, sets: int, set_size: int, rounds: int) -> di
     models = {}
     for name, cls in METHODS.items():
         keras.utils.set_random_seed(0)
-        kwargs = {"set_size": set_size} if cls.uses_class_sets else {}
+        kwargs = {"minmaxcam": {"set_size": set_size}, "cams2i": {"classifier_channels": cams2i_channels}}.get(name, {})
         model = cls(num_classes=sets, backbone=backbone, image_size=size, **kwargs)
         model.compile(optimizer=keras.optimizers.Adam(1e-4))
         for _ in range(2):  # trace and warm up
@@ -60,9 +71,10 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=4)
     parser.add_argument("--set_size", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--cams2i_channels", type=int, default=1024, help="CAMs2i classifier width (paper: 1024)")
     args = parser.parse_args()
     for backbone in args.backbones:
-        best = bench(backbone, args.size, args.sets, args.set_size, args.rounds)
+        best = bench(backbone, args.size, args.sets, args.set_size, args.rounds, args.cams2i_channels)
         print(f"\n{backbone}, {args.size} px, batch {args.sets} x {args.set_size}, fastest of {args.rounds} rounds")
         print(f"{'method':12s}{'ms/step':>10s}{'x CAM':>8s}{'passes':>8s}{'target':>8s}  verdict")
         for name, seconds in best.items():

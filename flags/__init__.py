@@ -66,14 +66,45 @@ def define_model_flags() -> None:
                       "MinMaxCAM stage II optimizer: a fresh copy of --optimizer, or SGD with --momentum (the official code "
                       "steps both stages with SGD, so a loss's size sets its step).")
     flags.DEFINE_float("stage2_learning_rate", None, "MinMaxCAM stage II learning rate; default --learning_rate.")
+    # CAMs2i.
+    flags.DEFINE_enum("s2_tap", "mid", ("low", "mid"), "CAMs2i: backbone tap where the second classifier S2 is "
+                      "inserted (the max-pools after it run with stride 1).")
+    flags.DEFINE_integer("classifier_channels", 1024, "CAMs2i: width of the two 1x1 convs of each classifier.",
+                         lower_bound=1)
+    flags.DEFINE_integer("ramp_steps", 300, "CAMs2i: steps over which w0 of Eq. 7 rises from 0 to 1 (0: 1 from "
+                         "the start).", lower_bound=0)
+    flags.DEFINE_boolean("inter_module", True, "CAMs2i: add the inter-sample criterion (Eq. 8-10; needs class-set "
+                         "batches); --nointer_module trains CAMsIntra.")
+    flags.DEFINE_enum("inter_net", "small", ("small", "low", "mid", "high"), "CAMs2i: f of Eq. 9, a small conv net of "
+                      "its own or GAP of a backbone tap.")
+    flags.DEFINE_integer("inter_dim", 128, "CAMs2i: embedding width of the small f.", lower_bound=1)
+    # Complementary regions (Babar & Das).
+    flags.DEFINE_list("patch_sizes", ["16", "32", "44", "56"], "Complementary: hide-and-seek patch sizes at 224 px, "
+                      "one drawn per image ('mixed'); give one for a fixed size. Scaled below 224 px.")
+    flags.register_validator("patch_sizes", lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0 for s in sizes),
+                             message="--patch_sizes: give positive integers, e.g. 16,32,44,56")
+    flags.DEFINE_float("hide_prob", 0.5, "Complementary: probability a patch is hidden in X.", lower_bound=0, upper_bound=1)
+    flags.DEFINE_float("beta", 50.0, "Complementary: weight of the attention-based fusion loss (Eq. 15); 0 drops it.",
+                       lower_bound=0)
+    flags.DEFINE_boolean("use_caam", True, "Complementary: train with CAAM (Eq. 1-6).")
+    flags.DEFINE_boolean("use_ssam", True, "Complementary: train with SSAM (Eq. 7-8).")
+    flags.DEFINE_boolean("attention_at_inference", False, "Complementary: keep CAAM and SSAM on at inference "
+                         "(the paper switches them off).")
 
 # The flags each method takes as constructor arguments (a method never reads flags itself).
-METHOD_FLAGS = {"minmaxcam": ("set_size", "lambda_crr", "lambda_frr")}
+METHOD_FLAGS = {
+    "cams2i": ("s2_tap", "classifier_channels", "ramp_steps", "inter_module", "inter_net", "inter_dim"),
+    "complementary": ("patch_sizes", "hide_prob", "beta", "use_caam", "use_ssam", "attention_at_inference"),
+    "minmaxcam": ("set_size", "lambda_crr", "lambda_frr"),
+}
 
 
 def method_kwargs(method: str) -> dict:
     """Constructor arguments of ``method`` from its flags."""
-    return {name: FLAGS[name].value for name in METHOD_FLAGS.get(method, ())}
+    kwargs = {name: FLAGS[name].value for name in METHOD_FLAGS.get(method, ())}
+    if "patch_sizes" in kwargs:
+        kwargs["patch_sizes"] = tuple(int(p) for p in kwargs["patch_sizes"])
+    return kwargs
 
 
 def define_train_flags() -> None:

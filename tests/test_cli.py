@@ -91,3 +91,34 @@ def test_evaluate_with_any_localizer_and_the_sweep(workdir, tmp_path):
     assert "bagcams@low" in result.stdout
     result = run("evaluate.py", f"--workdir={workdir}", "--localizer=gradcam", "--layer=nope")
     assert result.returncode != 0 and "--layer=nope" in result.stderr and "no layer named 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize("method,flags", [
+    ("cams2i", ["--classifier_channels=8", "--inter_dim=4", "--set_size=2", "--sets_per_batch=3"]),
+    ("complementary", ["--patch_sizes=32"]),
+])
+def test_train_the_published_methods_from_flags(method, flags, tmp_path):
+    result = run("train.py", f"--workdir={tmp_path}", f"--method={method}", *TINY, "--epochs=1", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.load(open(tmp_path / "eval_test" / "metrics.json"))
+    assert config["model"]["num_images"] == 12
+    import keras
+
+    import keras_wsol.methods  # noqa: F401  (registers the classes)
+    model = keras.models.load_model(tmp_path / "checkpoints" / "best.keras")
+    if method == "cams2i":
+        assert model.uses_class_sets and model.classifier_channels == 8
+    else:  # hidden patches filled with the training split's mean pixel
+        train = synthetic.generate("train", num_classes=3, images_per_class=8, image_size=40)
+        np.testing.assert_allclose(model.hide_fill, train.images.reshape(-1, 3).mean(axis=0), rtol=1e-5)
+        assert model.patch_sizes == (32,)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--method=cams2i", "--backbone=inception_v3"], "s2_tap='mid'"),
+    (["--method=complementary", "--patch_sizes=16,big"], "--patch_sizes: give positive integers"),
+])
+def test_method_settings_the_backbone_cannot_take_fail_naming_the_flag(flags, message, tmp_path):
+    result = run("train.py", f"--workdir={tmp_path}", *TINY, *flags)
+    assert result.returncode != 0 and message in result.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")

@@ -2,7 +2,9 @@
 
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.cam import CAM
+from keras_wsol.methods.cams2i import CAMs2i
+from keras_wsol.methods.complementary import Complementary
 from keras_wsol.methods.minmaxcam import MinMaxCAM
 from keras_wsol.methods.registry import METHODS, get_method
 
-__all__ = ["CAM", "METHODS", "MinMaxCAM", "WSOLModel", "get_method"]
+__all__ = ["CAM", "CAMs2i", "Complementary", "METHODS", "MinMaxCAM", "WSOLModel", "get_method"]

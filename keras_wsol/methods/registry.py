@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.cam import CAM
+from keras_wsol.methods.cams2i import CAMs2i
+from keras_wsol.methods.complementary import Complementary
 from keras_wsol.methods.minmaxcam import MinMaxCAM
 
-METHODS: dict[str, type[WSOLModel]] = {"cam": CAM, "minmaxcam": MinMaxCAM}
+METHODS: dict[str, type[WSOLModel]] = {"cam": CAM, "cams2i": CAMs2i, "complementary": Complementary, "minmaxcam": MinMaxCAM}
 
 
 def get_method(name: str) -> type[WSOLModel]:

@@ -1,0 +1,179 @@
+"""Complementary image regions (Babar & Das, "Where to Look?"): hide-and-seek pairs, CAAM, SSAM, fusion loss.
+
+Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
+
+* **Complementary inputs** (Section 3.1): per image a grid mask, each patch
+  hidden with probability 0.5, gives ``X``; its complement gives ``X~``
+  (every patch hidden in exactly one). The patch size is drawn per image
+  from ``patch_sizes`` ({16, 32, 44, 56}, the paper's "mixed" setting) or
+  fixed by passing one size; sizes are for 224-pixel images and scaled by
+  ``image_size / 224`` when images are smaller. Hidden pixels get
+  ``hide_fill``, the dataset's mean pixel as hide-and-seek does (default
+  the ImageNet mean; ``train.py`` passes the training split's).
+* **Shared backbone** over ``X`` and ``X~`` (one pass over both, so
+  BatchNorm sees both), its classifier-side features ``F`` (the ``cam`` tap
+  of :class:`WSOLModel`, i.e. after ``head_channels`` if any).
+* **CAAM** (Eq. 1-6), one layer across the branches with ``delta_x`` and
+  ``delta_x~``; **SSAM** (Eq. 7-8), one per branch (``alpha_x``,
+  ``alpha_x~``); **aggregation** (Eq. 9), one 3x3 conv + ReLU of the
+  feature width shared by both branches (Algorithm 1 writes one ``conv``).
+  A module switched off (``use_caam`` / ``use_ssam`` False, the ablations of
+  Table 5) passes ``F`` through, so the aggregation still sees ``F^c + F^s``.
+* **Two classifiers** after GAP, ``theta^x`` and ``theta^x~`` of Algorithm 1
+  (same form, own weights); each branch's map of the ground-truth class
+  comes from its own classifier's weights (Eq. 13, no bias).
+* **Loss** (Eq. 15): ``CE(y, p_x) + CE(y, p_x~) + beta * L_at_fuse``
+  (Eq. 14, ``beta = 50``; 0 drops it), per-image values averaged over the
+  global batch.
+* **Inference** on the full image with CAAM and SSAM off (their attention
+  terms removed, as ``delta = alpha = 0`` would): plain CAM of
+  ``conv(F + F)`` through classifier ``X``. ``attention_at_inference=True``
+  keeps them on, with the full image in both branches.
+
+Example:
+    >>> import numpy as np, keras
+    >>> model = Complementary(num_classes=2, backbone="small", image_size=32)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> x = np.zeros((4, 32, 32, 3), "float32")
+    >>> sorted(model.train_on_batch(x, np.array([0, 0, 1, 1]), return_dict=True))
+    ['accuracy', 'ce_complement', 'fusion', 'loss']
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
+from keras_wsol.losses import attention_fusion_per_image
+from keras_wsol.methods.base import WSOLModel, class_channel, replica_mean
+
+PAPER_PATCH_SIZES = (16, 32, 44, 56)
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+
+
+@keras.saving.register_keras_serializable(package="keras_wsol")
+class Complementary(WSOLModel):
+    """Two branches on complementary hide-and-seek inputs, fused by CAAM, SSAM and an attention loss.
+
+    Args:
+        patch_sizes: hide-and-seek patch sizes at 224 pixels, one drawn per
+            image (one entry: a fixed size).
+        hide_prob: probability that a patch is hidden in ``X``.
+        hide_fill: RGB value of hidden pixels (the dataset mean).
+        beta: weight of the fusion loss (Eq. 15).
+        use_caam: train with CAAM (Eq. 1-6).
+        use_ssam: train with SSAM (Eq. 7-8).
+        attention_at_inference: keep CAAM and SSAM on at inference.
+        seed: seed of the hide-and-seek masks.
+        **kwargs: as :class:`WSOLModel`.
+    """
+
+    def __init__(
+        self,
+        *args,
+        patch_sizes: tuple[int, ...] = PAPER_PATCH_SIZES,
+        hide_prob: float = 0.5,
+        hide_fill: tuple[float, float, float] = IMAGENET_MEAN_RGB,
+        beta: float = 50.0,
+        use_caam: bool = True,
+        use_ssam: bool = True,
+        attention_at_inference: bool = False,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        if not patch_sizes or min(patch_sizes) < 1:
+            raise ValueError(f"patch_sizes={patch_sizes}: give one or more positive sizes")
+        if not 0.0 <= hide_prob <= 1.0:
+            raise ValueError(f"hide_prob={hide_prob}: a probability in [0, 1]")
+        if len(hide_fill) != 3:
+            raise ValueError(f"hide_fill={hide_fill}: an RGB triple")
+        self.patch_sizes = tuple(int(p) for p in patch_sizes)
+        self.hide_prob = float(hide_prob)
+        self.hide_fill = tuple(float(v) for v in hide_fill)
+        self.beta = float(beta)
+        self.use_caam = use_caam
+        self.use_ssam = use_ssam
+        self.attention_at_inference = attention_at_inference
+        self.seed = seed
+        super().__init__(*args, **kwargs)
+
+    def create_method_state(self) -> None:
+        width = self.head_channels or int(self.backbone.output["high"].shape[-1])
+        # A module switched off is not built: no weights that never train.
+        self.caam = ChannelAssistedAttention(name="caam") if self.use_caam else None
+        self.ssam_x = SpatialSelfAttention(name="ssam_x") if self.use_ssam else None
+        self.ssam_complement = SpatialSelfAttention(name="ssam_complement") if self.use_ssam else None
+        self.aggregate = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="aggregate")
+        self.classifier_complement = keras.layers.Dense(self.num_classes, name="classifier_complement")
+        side = self.image_size // 8  # any size: the modules only need the channel count to build
+        feature_shape = (None, side, side, width)
+        for module in (self.ssam_x, self.ssam_complement):
+            if module is not None:
+                module.build(feature_shape)
+        if self.caam is not None:
+            self.caam.build(feature_shape, feature_shape)
+        self.classifier_complement.build((None, width))
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="hide_and_seek_seed")
+        self.add_part_trackers("ce_complement", "fusion")
+
+    # -- inputs ------------------------------------------------------------
+    def scaled_patch_sizes(self) -> tuple[int, ...]:
+        """``patch_sizes`` scaled to ``image_size`` when images are smaller than 224."""
+        scale = min(1.0, self.image_size / 224.0)
+        return tuple(max(1, round(p * scale)) for p in self.patch_sizes)
+
+    def complementary_pair(self, images) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``(X, X~, mask)``: hidden pixels set to ``hide_fill``; ``mask`` is 1 where ``X`` shows the image."""
+        images = ops.cast(images, "float32")
+        height, width = images.shape[1], images.shape[2]
+        mask = hide_and_seek_masks(ops.shape(images)[0], height, width, self.scaled_patch_sizes(),
+                                   self.seed_generator, self.hide_prob)[..., None]
+        fill = ops.convert_to_tensor(self.hide_fill, "float32")
+        return images * mask + fill * (1.0 - mask), images * (1.0 - mask) + fill * mask, mask[..., 0]
+
+    # -- forward -----------------------------------------------------------
+    def fuse(self, features, complement, attention: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(F_x^t, F_x~^t)`` of Eq. 9 from the two branches' features; ``attention=False`` switches CAAM and SSAM off."""
+        channel_x, channel_xt = self.caam(features, complement) if attention and self.caam else (features, complement)
+        spatial_x, spatial_xt = (
+            (self.ssam_x(features), self.ssam_complement(complement)) if attention and self.ssam_x else (features, complement)
+        )
+        return self.aggregate(channel_x + spatial_x), self.aggregate(channel_xt + spatial_xt)
+
+    def features(self, images, training=False) -> dict:
+        taps = super().features(images, training=training)
+        taps["cam"] = self.fuse(taps["cam"], taps["cam"], attention=self.attention_at_inference)[0]
+        return taps
+
+    # -- training ------------------------------------------------------------
+    def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
+        """``(total, parts, logits_x)`` of Eq. 15 on a fresh complementary pair of ``images``."""
+        x, xt, _ = self.complementary_pair(images)
+        both = super().features(ops.concatenate([x, xt], axis=0), training=training)["cam"]
+        features, complement = ops.split(both, 2)
+        fused_x, fused_xt = self.fuse(features, complement)
+        logits_x = self.classifier(self.gap(fused_x))
+        logits_xt = self.classifier_complement(self.gap(fused_xt))
+        maps_x = class_channel(self.cams(fused_x), labels)
+        maps_xt = class_channel(self.cams(fused_xt, self.classifier_complement), labels)
+        parts = {
+            "ce_complement": self.classification_loss(labels, logits_xt),
+            "fusion": replica_mean(attention_fusion_per_image(maps_x, maps_xt)),
+        }
+        total = self.classification_loss(labels, logits_x) + parts["ce_complement"] + self.beta * parts["fusion"]
+        return total, parts, logits_x
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "patch_sizes": list(self.patch_sizes),
+            "hide_prob": self.hide_prob,
+            "hide_fill": list(self.hide_fill),
+            "beta": self.beta,
+            "use_caam": self.use_caam,
+            "use_ssam": self.use_ssam,
+            "attention_at_inference": self.attention_at_inference,
+            "seed": self.seed,
+        }

@@ -1,0 +1,130 @@
+"""Complementary regions: exact complementary inputs, CAAM/SSAM identities, Eq. 14 by hand, steps, fit, save/load."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_wsol.data import pipeline, synthetic
+from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
+from keras_wsol.losses import attention_fusion_per_image
+from keras_wsol.methods import Complementary
+
+
+def test_x_and_its_complement_hide_each_patch_exactly_once():
+    keras.utils.set_random_seed(0)
+    model = Complementary(num_classes=2, image_size=64, patch_sizes=(16, 32), seed=3)
+    assert model.scaled_patch_sizes() == (5, 9)  # 16 and 32 at 224 px, scaled to 64 px
+    images = np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    x, xt, mask = (np.asarray(t) for t in model.complementary_pair(images))
+    fill = np.array(model.hide_fill, "float32")
+    shown = mask[..., None] == 1
+    np.testing.assert_allclose(np.where(shown, x, xt), images, rtol=1e-6)  # each pixel shown in exactly one
+    np.testing.assert_allclose(np.where(shown, xt, x), np.broadcast_to(fill, images.shape), rtol=1e-6)
+    for m in mask:  # constant on the cells of one grid: 5 or 9 px patches from the top-left corner
+        size = next(s for s in (5, 9) if all(
+            (m[r:r + s, c:c + s] == m[r, c]).all() for r in range(0, 64, s) for c in range(0, 64, s)))
+        assert size in (5, 9)
+    assert 0.2 < mask.mean() < 0.8  # hide probability 0.5
+    again = np.asarray(Complementary(num_classes=2, image_size=64, patch_sizes=(16, 32), seed=3).complementary_pair(images)[2])
+    np.testing.assert_array_equal(again, mask)  # reproducible from the seed
+
+
+def test_grid_mask_patches_are_whole_and_fixed_size_works():
+    m = np.asarray(hide_and_seek_masks(4, 10, 10, (4,), keras.random.SeedGenerator(1)))
+    for image in m:
+        for r in range(0, 10, 4):
+            for c in range(0, 10, 4):
+                assert len(set(image[r:r + 4, c:c + 4].ravel())) == 1
+    assert set(np.unique(m)) <= {0.0, 1.0}
+
+
+def test_caam_and_ssam_start_as_identity_and_caam_shares_its_attention():
+    rng = np.random.default_rng(1)
+    f, ft = (rng.normal(size=(2, 3, 4, 6)).astype("float32") for _ in range(2))
+    caam = ChannelAssistedAttention()
+    out_x, out_xt = caam(f, ft)
+    np.testing.assert_array_equal(np.asarray(out_x), f)
+    np.testing.assert_array_equal(np.asarray(out_xt), ft)
+    q_x, q_xt = (np.asarray(q) for q in caam.attentions(f, ft))
+    np.testing.assert_allclose(q_xt, np.transpose(q_x, (0, 2, 1)))
+    energy = np.einsum("bnc,bnd->bcd", f.reshape(2, 12, 6), ft.reshape(2, 12, 6))  # F_x F_x~^T (Eq. 1)
+    expected = np.exp(energy - energy.max(-1, keepdims=True))
+    np.testing.assert_allclose(q_x, expected / expected.sum(-1, keepdims=True), rtol=1e-5)
+    caam.delta_x.assign(0.5)  # Eq. 4: F_x + delta sum_k lambda^{ki} F~^{kj}
+    np.testing.assert_allclose(np.asarray(caam(f, ft)[0]), f + 0.5 * np.einsum("bkc,bhwk->bhwc", q_x, ft), rtol=1e-5)
+    ssam = SpatialSelfAttention()
+    np.testing.assert_array_equal(np.asarray(ssam(f)), f)
+    assert ssam.query.filters == 1 and ssam.value.filters == 6  # C / 8 (at least 1) and C
+    ssam.alpha.assign(1.0)
+    assert not np.allclose(np.asarray(ssam(f)), f)
+
+
+def test_fusion_loss_equals_hand_computed_value_and_is_zero_for_identical_maps():
+    a = np.array([[[3.0, 0.0], [0.0, 4.0]]], "float32")  # unit vector (0.6, 0, 0, 0.8)
+    b = np.array([[[0.0, 1.0], [0.0, 0.0]]], "float32")  # unit vector (0, 1, 0, 0)
+    np.testing.assert_allclose(attention_fusion_per_image(a, b).numpy(), [0.36 + 1.0 + 0.64], rtol=1e-6)
+    np.testing.assert_allclose(attention_fusion_per_image(a, 2 * a).numpy(), [0.0], atol=1e-7)
+
+
+def model_and_batch(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = Complementary(num_classes=3, backbone="small", image_size=32, seed=seed, **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = np.random.default_rng(seed).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    return model, x, np.array([0, 0, 1, 1, 2, 2])
+
+
+def changed_weights(model, step):
+    before = {w.path: w.numpy().copy() for w in model.weights}
+    step()
+    return {w.path for w in model.weights if not np.array_equal(before[w.path], w.numpy())}
+
+
+@pytest.mark.parametrize("use_caam,use_ssam", [(True, True), (False, True), (True, False)])
+def test_one_step_updates_exactly_the_modules_in_use(use_caam, use_ssam):
+    model, x, y = model_and_batch(1, use_caam=use_caam, use_ssam=use_ssam)
+    model.train_on_batch(x, y)  # the first step moves delta and alpha off 0; the second reaches M, L, P
+    changed = changed_weights(model, lambda: model.train_on_batch(x, y))
+    assert changed == {w.path for w in model.weights}
+    assert (model.caam is not None) == use_caam and (model.ssam_x is not None) == use_ssam
+    assert any("ssam_complement/m" in w.path for w in model.weights) == use_ssam
+    if use_caam:
+        assert float(model.caam.delta_x) != 0.0 and float(model.caam.delta_xt) != 0.0
+
+
+def test_inference_switches_the_attention_off_unless_asked():
+    model, x, _ = model_and_batch(2)
+    model.caam.delta_x.assign(3.0)
+    model.ssam_x.alpha.assign(3.0)
+    plain = np.asarray(model.features(x)["cam"])
+    expected = np.asarray(model.aggregate(2.0 * model.backbone(x)["high"]))
+    np.testing.assert_allclose(plain, expected, rtol=1e-5, atol=1e-5)  # conv(F + F): CAM of the trained parts
+    model.attention_at_inference = True
+    assert not np.allclose(np.asarray(model.features(x)["cam"]), plain)
+
+
+def test_short_fit_then_save_and_load(tmp_path):
+    keras.utils.set_random_seed(5)
+    data = synthetic.generate("train", num_classes=4, images_per_class=16, image_size=40)
+    ds = pipeline.training_dataset(data.images, data.labels, 16, seed=0)
+    model = Complementary(num_classes=4, backbone="small", image_size=40, beta=5.0, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = model.fit(ds, epochs=4, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] and np.isfinite(history["fusion"]).all()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, Complementary) and loaded.get_config()["beta"] == 5.0
+    np.testing.assert_array_equal(np.asarray(loaded.localization_maps(data.images[:4])),
+                                  np.asarray(model.localization_maps(data.images[:4])))
+
+
+def test_mixed_precision_losses_stay_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, x, y = model_and_batch(6)
+        total, parts, _ = model.compute_losses(x, y)
+        assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())
+        assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
