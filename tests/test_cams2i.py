@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_wsol.backbones import build_backbone
+from helpers import assert_round_trip, changed_weights, mixed_float16
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
 from keras_wsol.methods import CAMs2i
@@ -57,12 +58,6 @@ def model_and_batch(seed=0, **kwargs):
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     x = np.random.default_rng(seed).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
     return model, x, np.array([0, 0, 1, 1, 2, 2])
-
-
-def changed_weights(model, step):
-    before = {w.path: w.numpy().copy() for w in model.weights}
-    step()
-    return {w.path for w in model.weights if not np.array_equal(before[w.path], w.numpy())}
 
 
 @pytest.mark.parametrize("inter_module", [True, False])
@@ -124,21 +119,13 @@ def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, steps_per_epoch=5, verbose=0).history
     assert history["loss"][-1] < history["loss"][0] and np.isfinite(history["inter"]).all()
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded, CAMs2i) and loaded.get_config()["classifier_channels"] == 32
-    np.testing.assert_array_equal(np.asarray(loaded.localization_maps(data.images[:4])),
-                                  np.asarray(model.localization_maps(data.images[:4])))
+    assert_round_trip(model, tmp_path / "m.keras", data.images[:4], classifier_channels=32)
 
 
 def test_mixed_precision_losses_stay_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         model, x, y = model_and_batch(6)
         total, parts, _ = model.compute_losses(x, y)
         assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())
         logs = model.train_on_batch(x, y, return_dict=True)
         assert np.isfinite(logs["loss"]) and np.isfinite(logs["inter"])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import assert_round_trip, changed_weights, mixed_float16
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import attention_fusion_per_image
@@ -74,12 +75,6 @@ def model_and_batch(seed=0, **kwargs):
     return model, x, np.array([0, 0, 1, 1, 2, 2])
 
 
-def changed_weights(model, step):
-    before = {w.path: w.numpy().copy() for w in model.weights}
-    step()
-    return {w.path for w in model.weights if not np.array_equal(before[w.path], w.numpy())}
-
-
 @pytest.mark.parametrize("use_caam,use_ssam", [(True, True), (False, True), (True, False)])
 def test_one_step_updates_exactly_the_modules_in_use(use_caam, use_ssam):
     model, x, y = model_and_batch(1, use_caam=use_caam, use_ssam=use_ssam)
@@ -111,20 +106,12 @@ def test_short_fit_then_save_and_load(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, verbose=0).history
     assert history["loss"][-1] < history["loss"][0] and np.isfinite(history["fusion"]).all()
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded, Complementary) and loaded.get_config()["beta"] == 5.0
-    np.testing.assert_array_equal(np.asarray(loaded.localization_maps(data.images[:4])),
-                                  np.asarray(model.localization_maps(data.images[:4])))
+    assert_round_trip(model, tmp_path / "m.keras", data.images[:4], beta=5.0)
 
 
 def test_mixed_precision_losses_stay_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         model, x, y = model_and_batch(6)
         total, parts, _ = model.compute_losses(x, y)
         assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())
         assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")

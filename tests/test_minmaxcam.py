@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import assert_round_trip, mixed_float16
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.losses import crr_per_set, frr_per_image
 from keras_wsol.methods import MinMaxCAM
@@ -90,22 +91,15 @@ def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, steps_per_epoch=5, verbose=0).history
     assert history["loss"][-1] < history["loss"][0] and np.isfinite(history["stage2_loss"]).all()
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded, MinMaxCAM) and loaded.get_config()["lambda_frr"] == 10.0
-    np.testing.assert_array_equal(np.asarray(loaded(data.images[:4])), np.asarray(model(data.images[:4])))
+    loaded = assert_round_trip(model, tmp_path / "m.keras", data.images[:4], lambda_frr=10.0)
     assert int(loaded.stage2_optimizer.iterations) == 20
 
 
 def test_mixed_precision_losses_stay_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with mixed_float16():
         model, x, y = model_and_batch(3)
         assert isinstance(model.stage2_optimizer, keras.optimizers.LossScaleOptimizer)
         crr, frr = model.region_losses(x, y)
         assert crr.dtype == "float32" and frr.dtype == "float32"
         logs = model.train_on_batch(x, y, return_dict=True)
         assert np.isfinite(logs["loss"]) and np.isfinite(logs["stage2_loss"])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
