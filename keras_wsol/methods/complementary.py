@@ -137,14 +137,20 @@ class Complementary(WSOLModel):
     def fuse(self, features, complement, attention: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
         """``(F_x^t, F_x~^t)`` of Eq. 9 from the two branches' features; ``attention=False`` switches CAAM and SSAM off."""
         channel_x, channel_xt = self.caam(features, complement) if attention and self.caam else (features, complement)
-        spatial_x, spatial_xt = (
-            (self.ssam_x(features), self.ssam_complement(complement)) if attention and self.ssam_x else (features, complement)
-        )
-        return self.aggregate(channel_x + spatial_x), self.aggregate(channel_xt + spatial_xt)
+        return (self.aggregate_branch(features, channel_x, self.ssam_x, attention),
+                self.aggregate_branch(complement, channel_xt, self.ssam_complement, attention))
+
+    def aggregate_branch(self, features, channel, ssam, attention: bool = True) -> tf.Tensor:
+        """Eq. 9 for one branch: ``conv(F^c + F^s)``, with ``F^s = F`` when SSAM is off."""
+        spatial = ssam(features) if attention and ssam else features
+        return self.aggregate(channel + spatial)
 
     def features(self, images, training=False) -> dict:
         taps = super().features(images, training=training)
-        taps["cam"] = self.fuse(taps["cam"], taps["cam"], attention=self.attention_at_inference)[0]
+        # Inference runs branch X alone, on the full image (CAAM sees it as both inputs).
+        f, attention = taps["cam"], self.attention_at_inference
+        channel = self.caam(f, f)[0] if attention and self.caam else f
+        taps["cam"] = self.aggregate_branch(f, channel, self.ssam_x, attention)
         return taps
 
     # -- training ------------------------------------------------------------
