@@ -60,8 +60,12 @@ def class_channel(maps: tf.Tensor, class_ids) -> tf.Tensor:
 
 
 def upsample_normalized(maps: tf.Tensor, size) -> tf.Tensor:
-    """Raw maps ``[B, h, w]`` -> ``[B, H, W]``: bilinear (half-pixel centres), then per-map min-max."""
-    return minmax_normalize(ops.image.resize(maps[..., None], size, interpolation="bilinear")[..., 0])
+    """Raw maps ``[B, h, w]`` -> ``[B, H, W]``: bilinear (half-pixel centres), then per-map min-max.
+
+    ``size`` may hold tensors (sizes known only when the graph runs).
+    """
+    maps = ops.cast(maps, "float32")[..., None]
+    return minmax_normalize(tf.image.resize(maps, size, method="bilinear")[..., 0])
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
