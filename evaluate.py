@@ -5,6 +5,8 @@
     python evaluate.py --workdir=runs/default --localizer=all --layer=all
     python evaluate.py --scoremap_root=DIR --metadata_root=DIR [--mask_root=DIR] \\
         [--cam_curve_interval=0.01] [--resize_length=224] --output_json=FILE
+    python evaluate.py --workdir=runs/default --export [--localizer=... --layer=...] \\
+        [--export_dir=saved_models] [--model_name=NAME] [--version=N]
 
 The first prints the table (model and trivial baselines) and writes
 metrics.json and pictures to --output_dir (default WORKDIR/eval_SPLIT, or
@@ -12,7 +14,9 @@ WORKDIR/eval_SPLIT_LOCALIZER_LAYER with another localizer). With ``all`` for
 --localizer or --layer it sweeps every localizer over every feature tap (CAM
 only at the classifier's layer) and writes localizers.json. The last
 reads ``<scoremap_root>/<image_id>.npy`` for every line of
-image_ids.txt and needs no model.
+image_ids.txt and needs no model. ``--export`` writes a TF Serving
+SavedModel (keras_wsol.export) to EXPORT_DIR/MODEL_NAME/VERSION, with the box
+threshold chosen on the val split.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ flags.DEFINE_string("layer", None, "Layer for the localizer: low, mid, high, cam
 flags.DEFINE_enum("localizer_score", "logit", ("logit", "softmax"), "Score the localizer differentiates.")
 flags.DEFINE_enum("guided", "default", ("default", "on", "off"),
                   "Guided backprop through the ReLUs above the layer (default: on for bagcams only).")
+flags.DEFINE_bool("export", False, "Export the checkpoint as a TF Serving SavedModel (keras_wsol.export) instead of "
+                  "evaluating: the box threshold is chosen on the val split; --localizer/--layer pick the score maps.")
+flags.DEFINE_string("export_dir", "saved_models", "Export: TF Serving model base folder.")
+flags.DEFINE_string("model_name", None, "Export: model folder name; default the workdir's name.")
+flags.DEFINE_integer("version", None, "Export: version number (must be free); default the next free one.", lower_bound=1)
+flags.DEFINE_float("export_threshold", None, "Export: box threshold tau in [0, 1) instead of the one chosen on val.")
 flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
 flags.DEFINE_string("metadata_root", None, "Evaluator-only mode: metadata folder of one split.")
 flags.DEFINE_string("mask_root", None, "Evaluator-only mode: root of the mask PNGs named in localization.txt.")
@@ -74,6 +84,37 @@ def evaluate_scoremap_folder() -> dict:
     return evaluator.result()
 
 
+def export_checkpoint(model, localizer: localizers.Localizer, base: str) -> None:
+    """``--export``: choose the box threshold on val (or take --export_threshold), write the SavedModel."""
+    from keras_wsol import export
+
+    name = FLAGS.model_name or os.path.basename(os.path.normpath(os.path.abspath(base)))
+    try:
+        export.check_model_name(name)
+    except ValueError as error:
+        raise app.UsageError(f"--model_name: {error}") from None
+    if FLAGS.export_threshold is None:
+        val = wsol_flags.load_split("val")
+        threshold, accuracy = export.validation_threshold(localizer, val.images, val.labels, val.boxes, FLAGS.cam_curve_interval)
+        chosen = {"threshold_source": "val split, MaxBoxAcc", "val_MaxBoxAcc": accuracy}
+        print(f"box threshold {threshold:.3f} chosen on the val split (MaxBoxAcc {accuracy:.2f})")
+    else:
+        threshold = FLAGS.export_threshold
+        if not 0 <= threshold < 1:
+            raise app.UsageError(f"--export_threshold={threshold}: must be in [0, 1)")
+        chosen = {"threshold_source": "--export_threshold"}
+    checkpoint = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "checkpoints", "best.keras")
+    try:
+        path = export.export_model(model, FLAGS.export_dir, name, threshold, localizer, FLAGS.version,
+                                   metadata={"checkpoint": os.path.abspath(checkpoint), **chosen})
+    except FileExistsError as error:
+        raise app.UsageError(f"--version={FLAGS.version}: {error}") from None
+    except OSError as error:
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir}: {error}") from None
+    print(f"exported {localizer.name} at layer {localizer.layer} to {path}\n"
+          f"inspect: saved_model_cli show --dir {path} --all")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -103,12 +144,17 @@ def main(argv: list[str]) -> None:
     if not os.path.isfile(checkpoint):
         raise app.UsageError(f"no checkpoint at {checkpoint}")
     model = keras.models.load_model(checkpoint)
-    split = wsol_flags.load_split(FLAGS.split)
     base = FLAGS.workdir or os.path.dirname(checkpoint)
     options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
     protocol = dict(cam_curve_interval=FLAGS.cam_curve_interval, resize_length=FLAGS.resize_length,
                     fixed_threshold=FLAGS.fixed_threshold)
     try:
+        if FLAGS.export:
+            if "all" in (FLAGS.localizer, FLAGS.layer):
+                raise app.UsageError("--export bakes one localizer into the model: --localizer and --layer cannot be all")
+            export_checkpoint(model, localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options), base)
+            return
+        split = wsol_flags.load_split(FLAGS.split)
         if "all" in (FLAGS.localizer, FLAGS.layer):
             methods = list(localizers.LOCALIZERS) if FLAGS.localizer == "all" else [FLAGS.localizer]
             layers = localizers.feature_layers(model) if FLAGS.layer == "all" else [FLAGS.layer or localizers.classifier_layer(model)]

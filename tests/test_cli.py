@@ -122,3 +122,23 @@ def test_method_settings_the_backbone_cannot_take_fail_naming_the_flag(flags, me
     result = run("train.py", f"--workdir={tmp_path}", *TINY, *flags)
     assert result.returncode != 0 and message in result.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_evaluate_exports_versioned_savedmodels(workdir, tmp_path):
+    root = tmp_path / "saved_models"
+    result = run("evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "chosen on the val split" in result.stdout
+    record = json.load(open(root / "tiny" / "1" / "assets.extra" / "keras_wsol.json"))
+    assert record["threshold_source"] == "val split, MaxBoxAcc" and 0 <= record["threshold"] < 1
+    assert record["checkpoint"].endswith("best.keras") and os.path.isfile(root / "tiny" / "1" / "saved_model.pb")
+    result = run("evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny",
+                 "--localizer=gradcam", "--layer=mid", "--export_threshold=0.3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.load(open(root / "tiny" / "2" / "assets.extra" / "keras_wsol.json"))
+    assert (record["localizer"], record["layer"], record["threshold"]) == ("gradcam", "mid", 0.3)
+    for args, message in ((["--version=1"], "--version=1"), (["--export_threshold=1.5"], "--export_threshold"),
+                          (["--model_name=../x"], "--model_name"), (["--localizer=all"], "cannot be all")):
+        result = run("evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny", *args)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert sorted(os.listdir(root / "tiny")) == ["1", "2"]
