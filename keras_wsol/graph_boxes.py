@@ -10,7 +10,7 @@ same box from graph ops:
    The outer contour's polygon encloses its holes, and a component inside
    another's hole can never be the larger one.
 3. 8-connected components of the filled foreground (OpenCV traces 8-connected
-   foreground), labelled by the raster index of their first pixel.
+   foreground).
 4. Each component's ``cv2.contourArea``: the polygon through the centres of
    its border pixels covers the whole unit square between four foreground
    pixel centres and half of one between three (the contour cuts it on the
@@ -22,9 +22,10 @@ same box from graph ops:
    (OpenCV's ``boundingRect`` end is one past the last pixel); no foreground
    gives ``[0, 0, 0, 0]``.
 
-Components are labelled by iterated neighbour-minimum plus pointer jumping
-(each label is a pixel index, so ``label[label]`` hops towards the
-component's first pixel), which converges in a few dozen steps on score maps.
+Components are found on horizontal runs of foreground, not pixels
+(:class:`_Runs`): a few whole-map ops find the runs and their vertical
+contacts, then hooking and pointer jumping over the (few thousand) runs
+settle in about five steps on score maps.
 
 Example:
     >>> import numpy as np
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+
 def _shifted(x: tf.Tensor, dy: int, dx: int, fill) -> tf.Tensor:
     """``out[b, i, j] = x[b, i + dy, j + dx]``, ``fill`` outside the map."""
     padded = tf.pad(x, [[0, 0], [1, 1], [1, 1]], constant_values=fill)
@@ -44,75 +46,99 @@ def _shifted(x: tf.Tensor, dy: int, dx: int, fill) -> tf.Tensor:
     return padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
 
 
-def _run_ids(mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Ids ``[B, H, W]`` of the horizontal foreground runs (0 on background) and how many ids there are."""
-    starts = mask & ~_shifted(mask, 0, -1, False)
-    ids = tf.reshape(tf.cumsum(tf.reshape(tf.cast(starts, tf.int32), (-1,))), tf.shape(mask))
-    return tf.where(mask, ids, 0), tf.reduce_sum(tf.cast(starts, tf.int32)) + 1
+class _Runs:
+    """The horizontal foreground runs of ``[B, H, W]`` masks, grouped into connected components.
 
+    Attributes:
+        run_map: ``[B, H, W]`` int32, each pixel's run id (raster order over
+            the whole batch), -1 on background.
+        batch, row, first, last: ``[R]`` int32, each run's image, row and
+            first and last column.
+        component: ``[R]`` int32, the smallest run id of each run's component
+            (the run holding the component's first pixel in raster order).
 
-def _run_min(labels: tf.Tensor, ids: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
-    """Every pixel of a run takes the run's smallest label (background, id 0, keeps its own)."""
-    low = tf.math.unsorted_segment_min(tf.reshape(labels, (-1,)), tf.reshape(ids, (-1,)), count)
-    return tf.where(ids > 0, tf.gather(low, ids), labels)
+    Two runs in neighbouring rows touch (4-connectivity) exactly when one
+    run's first pixel lies under or over a pixel of the other, so checking
+    the pixels above and below each run's first pixel finds every edge; with
+    8-connectivity the pixels diagonally before it are checked too. Labels
+    are then merged along the edges by hooking and pointer jumping until
+    stable, which takes a few steps even for long chains of runs.
+    """
+
+    def __init__(self, mask: tf.Tensor, connectivity: int):
+        if connectivity not in (4, 8):
+            raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+        shape = tf.shape(mask)
+        height, width = shape[1], shape[2]
+        starts = mask & ~_shifted(mask, 0, -1, False)
+        ends = mask & ~_shifted(mask, 0, 1, False)
+        ids = tf.reshape(tf.cumsum(tf.reshape(tf.cast(starts, tf.int32), (-1,))), shape) - 1
+        self.run_map = tf.where(mask, ids, -1)
+        first = tf.cast(tf.where(starts), tf.int32)
+        self.batch, self.row, self.first = first[:, 0], first[:, 1], first[:, 2]
+        self.last = tf.cast(tf.where(ends)[:, 2], tf.int32)
+        count = tf.shape(first)[0]
+        own = tf.range(count)
+        sources, targets = [], []
+        for dy in (-1, 1):
+            for dx in (0, -1) if connectivity == 8 else (0,):
+                rows, cols = self.row + dy, self.first + dx
+                inside = (rows >= 0) & (rows < height) & (cols >= 0)
+                index = tf.stack([self.batch, tf.clip_by_value(rows, 0, height - 1), tf.maximum(cols, 0)], axis=1)
+                other = tf.gather_nd(self.run_map, index)
+                sources.append(own)
+                targets.append(tf.where(inside & (other >= 0), other, own))
+        source, target = tf.concat(sources, 0), tf.concat(targets, 0)
+
+        def step(labels, _):
+            # Hooking: across every edge, the larger of the two labels (a run
+            # of the component, like every label) points to the smaller.
+            ends = tf.gather(labels, source), tf.gather(labels, target)
+            low = tf.minimum(labels, tf.math.unsorted_segment_min(tf.minimum(*ends), tf.maximum(*ends), count))
+            for _ in range(2):  # pointer jumping: a run takes its label's label
+                low = tf.gather(low, low)
+            return low, tf.reduce_any(low != labels)
+
+        self.count = count
+        self.component, _ = tf.while_loop(lambda _, changed: changed, step, (own, tf.constant(True)))
+
+    def per_pixel(self, values: tf.Tensor, fill) -> tf.Tensor:
+        """``[B, H, W]``: each foreground pixel's run's entry of ``values`` ``[R]``, ``fill`` on background."""
+        padded = tf.concat([values, tf.fill([1], tf.cast(fill, values.dtype))], axis=0)  # R may be 0
+        return tf.gather(padded, tf.where(self.run_map >= 0, self.run_map, self.count))
 
 
 def connected_components(mask: tf.Tensor, connectivity: int = 8) -> tf.Tensor:
     """Label ``[B, H, W]`` boolean masks: each component gets its first pixel's raster index.
 
-    Background pixels get ``H * W``. Each step gives every horizontal and
-    vertical run of foreground its smallest label, takes the minimum over the
-    diagonal neighbours (8-connectivity), then jumps pointers twice.
+    Background pixels get ``H * W``.
 
     >>> import numpy as np
     >>> m = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 1]]], bool)
     >>> connected_components(m, 4).numpy()[0].tolist()
     [[0, 9, 9], [9, 4, 9], [9, 9, 8]]
     """
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     mask = tf.convert_to_tensor(mask, tf.bool)
-    shape = tf.shape(mask)
-    pixels = shape[1] * shape[2]
-    background = tf.fill(shape, pixels)
-    index = tf.reshape(tf.range(pixels), (1, shape[1], shape[2])) + tf.zeros_like(background)
-    labels = tf.where(mask, index, background)
-    row_ids, row_count = _run_ids(mask)
-    col_ids, col_count = _run_ids(tf.transpose(mask, (0, 2, 1)))
-    col_ids = tf.transpose(col_ids, (0, 2, 1))
-
-    def step(labels, _):
-        low = _run_min(_run_min(labels, row_ids, row_count), col_ids, col_count)
-        if connectivity == 8:
-            diagonal = [_shifted(low, dy, dx, pixels) for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1))]
-            low = tf.where(mask, tf.reduce_min(tf.stack([low, *diagonal]), axis=0), background)
-        flat = tf.concat([tf.reshape(low, (shape[0], -1)), tf.fill((shape[0], 1), pixels)], axis=1)
-        for _ in range(2):  # pointer jumping: a pixel takes its label's label
-            flat = tf.gather(flat, flat, batch_dims=1)
-        new = tf.reshape(flat[:, :-1], shape)
-        return new, tf.reduce_any(new != labels)
-
-    labels, _ = tf.while_loop(lambda _, changed: changed, step, (labels, tf.constant(True)))
-    return labels
+    width = tf.shape(mask)[2]
+    runs = _Runs(mask, connectivity)
+    first_pixel = tf.gather(runs.row * width + runs.first, runs.component)
+    return runs.per_pixel(first_pixel, tf.shape(mask)[1] * width)
 
 
 def fill_holes(mask: tf.Tensor) -> tf.Tensor:
-    """``mask`` plus its holes: background pixels with no 4-connected path to the border."""
+    """``mask`` plus its holes: background pixels with no 4-connected path to the border.
+
+    >>> import numpy as np
+    >>> ring = np.ones((1, 3, 3), bool); ring[0, 1, 1] = False
+    >>> bool(fill_holes(ring).numpy().all())
+    True
+    """
     mask = tf.convert_to_tensor(mask, tf.bool)
-    shape = tf.shape(mask)
-    pixels = shape[1] * shape[2]
-    labels = tf.reshape(connected_components(~mask, 4), (shape[0], -1))
-    rows = tf.range(shape[1])[:, None]
-    cols = tf.range(shape[2])[None, :]
-    on_border = (rows == 0) | (rows == shape[1] - 1) | (cols == 0) | (cols == shape[2] - 1)
-    on_border = tf.reshape(on_border, (1, -1)) & (labels < pixels)
-    # Which labels (index 0..HW, HW being the foreground) contain a border pixel.
-    segments = labels + (pixels + 1) * tf.range(shape[0])[:, None]
-    touches = tf.math.unsorted_segment_max(
-        tf.cast(tf.reshape(on_border, (-1,)), tf.int32), tf.reshape(segments, (-1,)), shape[0] * (pixels + 1)
-    )
-    outside = tf.gather(tf.reshape(touches, (shape[0], -1)), labels, batch_dims=1) > 0
-    return mask | tf.reshape(~outside, shape)
+    height, width = tf.shape(mask)[1], tf.shape(mask)[2]
+    background = _Runs(~mask, 4)
+    on_border = (background.row == 0) | (background.row == height - 1) | (background.first == 0) | (background.last == width - 1)
+    outside = tf.math.unsorted_segment_max(tf.cast(on_border, tf.int32), background.component, background.count)
+    return mask | background.per_pixel(tf.gather(outside, background.component) == 0, False)
 
 
 def largest_contour_boxes(scoremaps: tf.Tensor, threshold: float | tf.Tensor) -> tf.Tensor:
@@ -124,34 +150,30 @@ def largest_contour_boxes(scoremaps: tf.Tensor, threshold: float | tf.Tensor) ->
     scoremaps = tf.convert_to_tensor(scoremaps, tf.float32)
     shape = tf.shape(scoremaps)
     batch, height, width = shape[0], shape[1], shape[2]
-    pixels = height * width
     u = tf.floor(scoremaps * 255.0)
     top = tf.reduce_max(u, axis=(1, 2), keepdims=True)
     cut = tf.floor(tf.cast(threshold, tf.float64) * tf.cast(top, tf.float64))
-    filled = fill_holes(u > tf.cast(cut, tf.float32))
-    labels = connected_components(filled, 8)
+    runs = _Runs(fill_holes(u > tf.cast(cut, tf.float32)), 8)
+    count = runs.count
 
-    # Quad windows: weight 1 with four foreground pixels, 1/2 with three.
+    # Quad windows: twice the area is 2 with four foreground pixels, 1 with three.
+    labels = runs.per_pixel(runs.component, count)
     corners = [labels[:, dy : height - 1 + dy, dx : width - 1 + dx] for dy in (0, 1) for dx in (0, 1)]
-    count = tf.add_n([tf.cast(c < pixels, tf.int32) for c in corners])
-    twice_area = tf.where(count == 4, 2, tf.where(count == 3, 1, 0))
-    owner = tf.reduce_min(tf.stack(corners), axis=0)
-    offsets = (pixels + 1) * tf.range(batch)
-    area = tf.math.unsorted_segment_sum(
-        tf.reshape(twice_area, (-1,)), tf.reshape(owner + offsets[:, None, None], (-1,)), batch * (pixels + 1)
-    )
-    area = tf.reshape(area, (batch, pixels + 1))[:, :pixels]
-    # Only component labels compete; ties go to the largest label (last first pixel).
-    flat = tf.reshape(labels, (batch, -1))
-    is_label = tf.equal(flat, tf.range(pixels)[None, :])
-    key = tf.where(is_label, tf.cast(area, tf.int64) * tf.cast(pixels, tf.int64) + tf.cast(tf.range(pixels), tf.int64), -1)
-    best = tf.cast(tf.argmax(key, axis=1), tf.int32)
-    chosen = tf.equal(labels, best[:, None, None])
-    rows = tf.broadcast_to(tf.range(height)[None, :, None], shape)
-    cols = tf.broadcast_to(tf.range(width)[None, None, :], shape)
-    x0 = tf.reduce_min(tf.where(chosen, cols, width), axis=(1, 2))
-    y0 = tf.reduce_min(tf.where(chosen, rows, height), axis=(1, 2))
-    x1 = tf.minimum(tf.reduce_max(tf.where(chosen, cols, -1), axis=(1, 2)) + 1, width - 1)
-    y1 = tf.minimum(tf.reduce_max(tf.where(chosen, rows, -1), axis=(1, 2)) + 1, height - 1)
-    boxes = tf.stack([x0, y0, x1, y1], axis=1)
-    return tf.where(tf.reduce_any(is_label, axis=1)[:, None], boxes, 0)
+    pixels_in = tf.add_n([tf.cast(c < count, tf.int32) for c in corners])
+    twice_area = tf.nn.relu(pixels_in - 2)
+    owner = tf.minimum(tf.minimum(corners[0], corners[1]), tf.minimum(corners[2], corners[3]))
+    area = tf.math.unsorted_segment_sum(tf.reshape(twice_area, (-1,)), tf.reshape(owner, (-1,)), count + 1)[:count]
+
+    # Per image, the largest component; ties go to the later first pixel (larger id).
+    ids = tf.range(count)
+    key = tf.where(runs.component == ids, tf.cast(area, tf.int64) * tf.cast(count + 1, tf.int64) + tf.cast(ids, tf.int64), -1)
+    best_key = tf.math.unsorted_segment_max(key, runs.batch, batch)
+    found = best_key >= 0
+    best = tf.cast(tf.where(found, best_key % tf.cast(count + 1, tf.int64), 0), tf.int32)
+    x0 = tf.math.unsorted_segment_min(runs.first, runs.component, count)
+    x1 = tf.math.unsorted_segment_max(runs.last, runs.component, count)
+    y0 = tf.math.unsorted_segment_min(runs.row, runs.component, count)
+    y1 = tf.math.unsorted_segment_max(runs.row, runs.component, count)
+    pick = lambda values: tf.gather(tf.concat([values, [0]], 0), tf.where(found, best, count))  # noqa: E731
+    boxes = tf.stack([pick(x0), pick(y0), tf.minimum(pick(x1) + 1, width - 1), tf.minimum(pick(y1) + 1, height - 1)], axis=1)
+    return tf.where(found[:, None], boxes, 0)

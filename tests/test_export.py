@@ -46,6 +46,7 @@ def test_graph_boxes_equal_opencv_largest_contour():
     special[3, 9:16, 9:16] = 1
     special[3, 10:15, 10:15] = 0
     cases.append(special)  # special[4] is all zeros: no contour
+    cases.append(np.zeros((2, 8, 8), np.float32))  # no contour anywhere in the batch
     for maps in cases:
         for tau in (0.0, 0.3, 0.5, 0.8):
             expected = np.stack([evaluation.boxes_at_threshold(m, tau)[0] for m in maps])
