@@ -140,7 +140,8 @@ class ServingFunctions:
             on_model_grid = upsample_normalized(raw, (self.side, self.side))
             boxes = largest_contour_boxes(on_model_grid, self.threshold)
             out["boxes"] = scale_boxes(boxes, self.side, heights, widths)
-            out["scoremaps"] = upsample_normalized(raw, map_size)
+            same = tf.logical_and(tf.equal(map_size[0], self.side), tf.equal(map_size[1], self.side))
+            out["scoremaps"] = tf.cond(same, lambda: on_model_grid, lambda: upsample_normalized(raw, map_size))
         return out
 
     def serve_images(self, images: tf.Tensor) -> dict:
