@@ -84,7 +84,7 @@ def evaluate_scoremap_folder() -> dict:
     return evaluator.result()
 
 
-def export_checkpoint(model, localizer: localizers.Localizer, base: str) -> None:
+def export_checkpoint(model, localizer: localizers.Localizer, checkpoint: str, base: str) -> None:
     """``--export``: choose the box threshold on val (or take --export_threshold), write the SavedModel."""
     from keras_wsol import export
 
@@ -103,7 +103,6 @@ def export_checkpoint(model, localizer: localizers.Localizer, base: str) -> None
         if not 0 <= threshold < 1:
             raise app.UsageError(f"--export_threshold={threshold}: must be in [0, 1)")
         chosen = {"threshold_source": "--export_threshold"}
-    checkpoint = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "checkpoints", "best.keras")
     try:
         path = export.export_model(model, FLAGS.export_dir, name, threshold, localizer, FLAGS.version,
                                    metadata={"checkpoint": os.path.abspath(checkpoint), **chosen})
@@ -152,7 +151,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.export:
             if "all" in (FLAGS.localizer, FLAGS.layer):
                 raise app.UsageError("--export bakes one localizer into the model: --localizer and --layer cannot be all")
-            export_checkpoint(model, localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options), base)
+            export_checkpoint(model, localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options), checkpoint, base)
             return
         split = wsol_flags.load_split(FLAGS.split)
         if "all" in (FLAGS.localizer, FLAGS.layer):

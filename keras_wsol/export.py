@@ -78,15 +78,15 @@ def validation_threshold(localizer: localizers.Localizer, images: np.ndarray, la
 
     Args:
         localizer: the localizer the export bakes in.
-        images: ``[N, S, S, 3]`` RGB 0-255 (a split at the model's size).
+        images: ``[N, S, S, 3]`` RGB 0-255 at the model's side ``S``.
         labels: ``[N]`` classes.
         boxes: ``[N, 4]`` inclusive ground-truth boxes in image pixels.
     """
     from keras_wsol import evaluation
 
-    side = images.shape[1]
+    side = int(localizer.model.image_size)
     if images.shape[1:3] != (side, side):
-        raise ValueError(f"validation images must be square at the model's size, got {images.shape[1:3]}")
+        raise ValueError(f"validation images must be {side}x{side} (the model's side), got {images.shape[1:3]}")
     evaluator = evaluation.BoxEvaluator(cam_curve_interval, resize_length=side)
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size], np.float32)

@@ -108,23 +108,6 @@ class _Runs:
         return tf.gather(padded, tf.where(self.run_map >= 0, self.run_map, self.count))
 
 
-def connected_components(mask: tf.Tensor, connectivity: int = 8) -> tf.Tensor:
-    """Label ``[B, H, W]`` boolean masks: each component gets its first pixel's raster index.
-
-    Background pixels get ``H * W``.
-
-    >>> import numpy as np
-    >>> m = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 1]]], bool)
-    >>> connected_components(m, 4).numpy()[0].tolist()
-    [[0, 9, 9], [9, 4, 9], [9, 9, 8]]
-    """
-    mask = tf.convert_to_tensor(mask, tf.bool)
-    width = tf.shape(mask)[2]
-    runs = _Runs(mask, connectivity)
-    first_pixel = tf.gather(runs.row * width + runs.first, runs.component)
-    return runs.per_pixel(first_pixel, tf.shape(mask)[1] * width)
-
-
 def fill_holes(mask: tf.Tensor) -> tf.Tensor:
     """``mask`` plus its holes: background pixels with no 4-connected path to the border.
 
