@@ -189,3 +189,30 @@ def build_backbone(
             )
         surgery = {layer: _POOL_STRIDE_ONE for layer in _DOWNSAMPLING_AFTER[name][keep_resolution_after]}
     return _BUILDERS[name](input_shape, weights, surgery)
+
+
+def split_at_tap(backbone: keras.Model, tap: str) -> tuple[keras.Model, keras.Model]:
+    """``(shallow, deep)``: images -> ``tap`` features, and ``tap`` features -> ``high``, sharing ``backbone``'s layers.
+
+    ORNet's F1^c and F2^c (Eq. 1, 3). Works on the flat ``small`` backbone
+    and on the keras.applications ones (preprocessing, then one nested
+    model), whose later stages read the tap and nothing before it.
+
+    Example:
+        >>> import numpy as np
+        >>> shallow, deep = split_at_tap(build_backbone("small", (32, 32, 3)), "low")
+        >>> tuple(deep(shallow(np.zeros((1, 32, 32, 3), "float32"))).shape)
+        (1, 4, 4, 128)
+    """
+    if tap not in ("low", "mid"):
+        raise ValueError(f"tap={tap!r}: split at a shallow tap, low or mid")
+    nested = next((layer for layer in backbone.layers if isinstance(layer, keras.Model)), None)
+    graph = nested or backbone
+    deep = keras.Model(graph.output[tap], graph.output["high"], name=f"{backbone.name}_after_{tap}")
+    if nested is None:
+        shallow = keras.Model(backbone.input, graph.output[tap], name=f"{backbone.name}_to_{tap}")
+    else:
+        stem = keras.Model(nested.input, nested.output[tap])
+        shallow = keras.Model(backbone.input, stem(backbone.get_layer("preprocess").output),
+                              name=f"{backbone.name}_to_{tap}")
+    return shallow, deep

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # keras.applications "caffe" preprocessing: RGB -> BGR, ImageNet mean subtracted.
@@ -163,3 +164,101 @@ def hide_and_seek_masks(batch: int, height: int, width: int, patch_sizes, seed, 
         shown = ops.repeat(ops.repeat(shown, size, axis=1), size, axis=2)[:, :height, :width]
         mask = ops.where(ops.reshape(choice == index, (-1, 1, 1)), shown, mask)
     return mask
+
+
+def _conv_bn_relu(filters: int, strides: int, name: str) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"),
+        keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn"),
+        keras.layers.ReLU(name=f"{name}_relu"),
+    ]
+
+
+@keras.saving.register_keras_serializable(package="keras_wsol")
+class ActivationMapGenerator(keras.layers.Layer):
+    """ORNet's generator F^g (Eq. 2): an encoder-decoder F^d on low-level features, then Conv + BN + sigmoid.
+
+    Returns ``(f^a [B, h, w, k], p^a [B, h, w])``: the decoder's ``k``-channel
+    features (``k`` = classes, for the auxiliary head of Eq. 4) and the
+    one-channel activation map in (0, 1), float32, at the input's
+    resolution. The paper does not give F^d; here it is two stride-2
+    conv-BN-ReLU blocks (``channels``, ``2 * channels``) and two
+    upsample-conv-BN-ReLU blocks, U-Net style: each decoder block also sees
+    the encoder features of its resolution, so p^a keeps the low-level
+    detail the method is about while the bottleneck removes
+    high-frequency noise (Section 3.1).
+
+    Example:
+        >>> import numpy as np
+        >>> f_a, p_a = ActivationMapGenerator(num_classes=3, channels=8)(np.ones((2, 12, 10, 4), "float32"))
+        >>> tuple(f_a.shape), tuple(p_a.shape), bool(0 < float(p_a.numpy().min()) < 1)
+        ((2, 12, 10, 3), (2, 12, 10), True)
+    """
+
+    def __init__(self, num_classes: int, channels: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.channels = channels
+        self.encoder1 = _conv_bn_relu(channels, 2, "encoder1")
+        self.encoder2 = _conv_bn_relu(2 * channels, 2, "encoder2")
+        self.decoder1 = _conv_bn_relu(channels, 1, "decoder1")
+        self.decoder0 = _conv_bn_relu(num_classes, 1, "decoder0")
+        self.map_conv = keras.layers.Conv2D(1, 1, name="map_conv")
+        self.map_bn = keras.layers.BatchNormalization(momentum=0.9, name="map_bn")
+
+    @staticmethod
+    def _run(blocks, x, training):
+        for layer in blocks:
+            x = layer(x, training=training)
+        return x
+
+    def _up_and_join(self, x, skip):
+        """Bilinear upsampling to ``skip``'s exact size (odd sizes included), concatenated with it."""
+        x = ops.cast(tf.image.resize(x, ops.shape(skip)[1:3], method="bilinear"), skip.dtype)
+        return ops.concatenate([x, skip], axis=-1)
+
+    def call(self, features, training=False):
+        e1 = self._run(self.encoder1, features, training)
+        e2 = self._run(self.encoder2, e1, training)
+        d1 = self._run(self.decoder1, self._up_and_join(e2, e1), training)
+        f_a = self._run(self.decoder0, self._up_and_join(d1, features), training)
+        logits = self.map_bn(self.map_conv(f_a), training=training)
+        return f_a, ops.sigmoid(ops.cast(logits, "float32"))[..., 0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes, "channels": self.channels}
+
+
+def attentive_erasing(maps, seed, threshold: float = 0.5, size_range=(0.25, 0.75), drop_prob: float = 0.5):
+    """ORNet's attentive erasing (Section 3.2.2): ``(erased maps, rectangles)``, both ``[B, h, w]``.
+
+    Per map, a rectangle centred on the peak of the map, with height and
+    width drawn uniformly from ``size_range`` (fractions of the map's side)
+    and cut by the border; pixels inside it with a value above
+    ``threshold`` are the candidates, each set to 0 with ``drop_prob``.
+    Nothing outside the rectangle or at or below the threshold changes. The
+    paper gives neither the rectangle's size distribution nor the threshold;
+    these defaults are this library's (0.5 is where a pixel's foreground
+    probability passes its background one).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> maps = np.zeros((1, 6, 6), "float32"); maps[0, 2, 3] = 0.9
+        >>> erased, rect = attentive_erasing(maps, keras.random.SeedGenerator(0), drop_prob=1.0)
+        >>> float(erased.numpy().max()), bool(rect.numpy()[0, 2, 3])
+        (0.0, True)
+    """
+    maps = ops.cast(maps, "float32")
+    shape = ops.shape(maps)
+    batch, height, width = shape[0], shape[1], shape[2]
+    peak = ops.argmax(ops.reshape(maps, (batch, -1)), axis=-1)
+    peak_y, peak_x = peak // width, peak % width
+    low, high = size_range
+    half_h = keras.random.uniform((batch,), low, high, seed=seed) * ops.cast(height, "float32") / 2.0
+    half_w = keras.random.uniform((batch,), low, high, seed=seed) * ops.cast(width, "float32") / 2.0
+    rows = ops.abs(ops.cast(ops.arange(height)[None, :] - peak_y[:, None], "float32")) <= half_h[:, None]
+    cols = ops.abs(ops.cast(ops.arange(width)[None, :] - peak_x[:, None], "float32")) <= half_w[:, None]
+    rectangles = ops.logical_and(rows[:, :, None], cols[:, None, :])
+    dropped = ops.logical_and(ops.logical_and(rectangles, maps > threshold),
+                              keras.random.uniform(shape, seed=seed) < drop_prob)
+    return ops.where(dropped, 0.0, maps), rectangles

@@ -225,6 +225,9 @@ class Localizer:
         if score not in SCORES:
             raise ValueError(f"score={score!r}; choose one of {', '.join(SCORES)}")
         _check_logits(model)
+        if getattr(model, "class_agnostic_maps", False) and self.name != "cam":
+            raise ValueError(f"{type(model).__name__} maps are class-agnostic (its own, e.g. ORNet's p^a): use the cam "
+                             f"localizer; {self.name} needs a class map at a feature layer")
         self.model = model
         self.layer = layer or default_layer(model)
         self.score = score

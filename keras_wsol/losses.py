@@ -12,6 +12,8 @@ Example:
     [1.0, 1.0, 1.0, 1.0]
     >>> confidence_mask(np.array([[[0.0, 0.0, 2.0, 4.0]]], "float32")).numpy().tolist()  # mu0 1.5, mu1 1.5
     [[[1.5, 1.5, -0.5, 2.5]]]
+    >>> round(float(weighted_entropy_per_image(np.full((1, 2, 2), 0.5, "float32"))[0]), 4)  # gamma 1, H = log 2
+    0.6931
 """
 
 from __future__ import annotations
@@ -134,3 +136,29 @@ def attention_fusion_per_image(maps_x, maps_complement) -> tf.Tensor:
         return flat * ops.rsqrt(ops.maximum(ops.sum(ops.square(flat), axis=-1, keepdims=True), 1e-12))
 
     return ops.sum(ops.square(unit(maps_x) - unit(maps_complement)), axis=-1)
+
+
+ENTROPY_EPS = 1e-6
+
+
+def weighted_entropy_per_image(maps, mu: float = 0.5, sigma: float = 0.1) -> tf.Tensor:
+    """ORNet's weighted entropy loss L_w, Eq. 14-15 (pixel entropy Eq. 12), one value per map.
+
+    ``maps`` ``[B, h, w]`` holds p^a in [0, 1]; each pixel's binary entropy
+    ``H = -p log p - (1 - p) log(1 - p)`` is weighted by
+    ``gamma = exp(-(p - mu)^2 / (2 sigma^2))`` and averaged over the pixels.
+    ``gamma`` is part of the loss, not a constant: the paper does not detach
+    it. ``p`` is clipped to ``[1e-6, 1 - 1e-6]`` inside the logarithms, so
+    saturated pixels give 0, not NaN. ``sigma = inf`` (``gamma = 1``) is the
+    plain mean entropy L_h of Eq. 13.
+    """
+    p = ops.cast(maps, "float32")
+    q = ops.clip(p, ENTROPY_EPS, 1.0 - ENTROPY_EPS)
+    entropy = -q * ops.log(q) - (1.0 - q) * ops.log(1.0 - q)
+    gamma = ops.exp(-ops.square(p - mu) / (2.0 * sigma**2))
+    return ops.mean(gamma * entropy, axis=(1, 2))
+
+
+def area_per_image(maps) -> tf.Tensor:
+    """ORNet's area loss L_a, Eq. 16, one value per map: the mean of p^a over its pixels."""
+    return ops.mean(ops.cast(maps, "float32"), axis=(1, 2))

@@ -6,11 +6,15 @@ import keras
 import numpy as np
 
 
-def changed_weights(model, step) -> set[str]:
-    """Paths of the model's weights (trainable or not) that ``step()`` changes."""
-    before = {w.path: w.numpy().copy() for w in model.weights}
+def changed_weights(model, step, key=lambda weight: weight.path) -> set:
+    """``key`` (default: the path) of each of the model's weights, trainable or not, that ``step()`` changes.
+
+    ``key=id`` tells apart weights of nested models whose paths coincide.
+    """
+    weights = model.weights
+    before = [w.numpy().copy() for w in weights]
     step()
-    return {w.path for w in model.weights if not np.array_equal(before[w.path], w.numpy())}
+    return {key(w) for w, old in zip(weights, before) if not np.array_equal(old, w.numpy())}
 
 
 def assert_round_trip(model, path, images, **config):

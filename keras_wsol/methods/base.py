@@ -125,6 +125,8 @@ class WSOLModel(keras.Model):
     uses_class_sets = False
     #: ``parts`` that hold one value for the whole batch on every replica (not a per-replica loss share).
     replica_constant_parts: tuple[str, ...] = ()
+    #: Whether the maps are one per image, not per class (gradient localizers then have no class map to explain).
+    class_agnostic_maps = False
 
     # -- forward -----------------------------------------------------------
     def features(self, images, training=False) -> dict:

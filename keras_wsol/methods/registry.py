@@ -12,8 +12,9 @@ from keras_wsol.methods.cam import CAM
 from keras_wsol.methods.cams2i import CAMs2i
 from keras_wsol.methods.complementary import Complementary
 from keras_wsol.methods.minmaxcam import MinMaxCAM
+from keras_wsol.methods.ornet import ORNet
 
-METHODS: dict[str, type[WSOLModel]] = {"cam": CAM, "cams2i": CAMs2i, "complementary": Complementary, "minmaxcam": MinMaxCAM}
+METHODS: dict[str, type[WSOLModel]] = {"cam": CAM, "cams2i": CAMs2i, "complementary": Complementary, "minmaxcam": MinMaxCAM, "ornet": ORNet}
 
 
 def get_method(name: str) -> type[WSOLModel]:

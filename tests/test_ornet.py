@@ -1,0 +1,165 @@
+"""ORNet: its losses by hand, attentive erasing, what each stage trains, the stage-1 -> stage-2 hand-over."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import assert_round_trip, changed_weights, mixed_float16
+from keras_wsol import localizers
+from keras_wsol.data import pipeline, synthetic
+from keras_wsol.layers import attentive_erasing
+from keras_wsol.losses import area_per_image, weighted_entropy_per_image
+from keras_wsol.methods import CAM, ORNet
+
+SIZE = 32
+
+
+def batch(seed=0, count=4):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (count, SIZE, SIZE, 3)).astype("float32"), np.arange(count) % 2
+
+
+def stage1_model(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = ORNet(num_classes=2, backbone="small", image_size=SIZE, generator_channels=4, **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model
+
+
+def stage2_model(seed=0, **kwargs):
+    stage1 = stage1_model(seed)
+    stage1.train_on_batch(*batch(seed))  # stage-1 weights that differ from a fresh model's
+    evaluator = CAM(num_classes=2, backbone="small", image_size=SIZE)
+    model = ORNet.refine(stage1, evaluator, seed=seed, **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return stage1, evaluator, model
+
+
+def test_weighted_entropy_and_area_equal_hand_computed_values():
+    maps = np.array([[[0.5, 0.9], [0.1, 1.0]]], "float32")
+    # Eq. 12: H(0.5) = log 2, H(0.9) = H(0.1) = -0.9 log 0.9 - 0.1 log 0.1, H(1) = 0.
+    # Eq. 15 (mu 0.5, sigma 0.1): gamma(0.5) = 1, gamma(0.9) = gamma(0.1) = exp(-0.16 / 0.02) = exp(-8).
+    h_09 = -0.9 * math.log(0.9) - 0.1 * math.log(0.1)
+    expected = (math.log(2) + 2 * math.exp(-8) * h_09 + 0.0) / 4  # Eq. 14: the mean over the 4 pixels
+    assert float(weighted_entropy_per_image(maps)[0]) == pytest.approx(expected, rel=1e-5)
+    # sigma = inf gives gamma = 1: the plain mean entropy of Eq. 13.
+    assert float(weighted_entropy_per_image(maps, sigma=math.inf)[0]) == pytest.approx((math.log(2) + 2 * h_09) / 4, abs=1e-4)
+    assert float(area_per_image(maps)[0]) == pytest.approx((0.5 + 0.9 + 0.1 + 1.0) / 4)  # Eq. 16
+
+
+def test_attentive_erasing_drops_only_candidates_inside_a_peak_centred_rectangle():
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0, 1, (200, 12, 10)).astype("float32")
+    erased, rect = attentive_erasing(maps, keras.random.SeedGenerator(1), threshold=0.6, size_range=(0.2, 0.8))
+    erased, rect = np.asarray(erased), np.asarray(rect)
+    dropped = erased != maps
+    assert np.all(erased[dropped] == 0)
+    assert not np.any(dropped & ~rect), "a pixel outside the rectangle was erased"
+    assert not np.any(dropped & (maps <= 0.6)), "a pixel at or below the threshold was erased"
+    for m, r in zip(maps, rect):
+        py, px = np.unravel_index(np.argmax(m), m.shape)
+        rows, cols = np.flatnonzero(r.any(axis=1)), np.flatnonzero(r.any(axis=0))
+        assert r[py, px] and r.sum() == len(rows) * len(cols)  # a solid rectangle holding the peak
+        assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+        # Centred on the peak (up to the border) and no taller or wider than 0.8 of the side.
+        assert abs((py - rows[0]) - (rows[-1] - py)) <= 1 or rows[0] == 0 or rows[-1] == 11
+        assert len(rows) <= 0.8 * 12 + 1 and len(cols) <= 0.8 * 10 + 1
+    candidates = rect & (maps > 0.6)
+    assert 0.45 < dropped.sum() / candidates.sum() < 0.55  # each dropped with probability 0.5
+    everything = np.asarray(attentive_erasing(maps, keras.random.SeedGenerator(1), 0.6, (0.2, 0.8), drop_prob=1.0)[0])
+    np.testing.assert_array_equal(everything == 0, candidates | (maps == 0))
+
+
+def test_stage1_step_trains_every_part_and_logs_both_losses():
+    model = stage1_model()
+    x, y = batch()
+    changed = changed_weights(model, lambda: model.train_on_batch(x, y), key=id)
+    assert changed == {id(w) for w in model.weights}
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == {"loss", "accuracy", "aux_loss"} and logs["loss"] > logs["aux_loss"] > 0
+
+
+@pytest.mark.parametrize("train_shallow", [True, False])
+def test_stage2_step_trains_the_generator_and_shallow_layers_only(train_shallow):
+    _, evaluator, model = stage2_model(train_shallow=train_shallow)
+    trained = [model.generator] + ([model.shallow] if train_shallow else [])
+    x, y = batch(1)
+    changed = changed_weights(model, lambda: model.train_on_batch(x, y), key=id)
+    assert changed == {id(w) for part in trained for w in part.weights}
+    assert {id(v) for v in model.trainable_variables} == {id(w) for part in trained for w in part.trainable_weights}
+    frozen = [w for part in (evaluator, model.deep, model.classifier, model.aux_conv) for w in part.weights]
+    assert not {id(w) for w in frozen} & changed
+
+
+def test_stage2_starts_from_stage1_weights_and_its_evaluator_is_unchanged_by_a_fit():
+    stage1, evaluator, model = stage2_model(2)
+    for part in ("shallow", "generator", "deep", "classifier", "aux_conv"):
+        for a, b in zip(getattr(stage1, part).weights, getattr(model, part).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    x, _ = batch(2)
+    np.testing.assert_array_equal(np.asarray(model.localization_maps(x)), np.asarray(stage1.localization_maps(x)))
+    before = [w.numpy().copy() for w in evaluator.weights]
+    data = synthetic.generate("train", num_classes=2, images_per_class=8, image_size=SIZE)
+    model.fit(pipeline.training_dataset(data.images, data.labels, 8, seed=0), epochs=1, verbose=0)
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, evaluator.weights))
+    assert not np.array_equal(np.asarray(model.localization_maps(x)), np.asarray(stage1.localization_maps(x)))
+
+
+def test_erasing_is_off_at_inference_and_logits_come_from_the_evaluator():
+    _, evaluator, model = stage2_model(3, erase_threshold=0.0, erase_prob=1.0)
+    x, y = batch(3)
+    _, _, p_a = model.activation_maps(x)
+    unerased = np.asarray(model.evaluate_maps(x, p_a))
+    for _ in range(2):  # the erasing would drop every pixel of the rectangle here
+        _, parts, logits = model.compute_losses(x, y, training=False)
+        np.testing.assert_allclose(np.asarray(logits), unerased, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(evaluator(x)))
+    maps = np.asarray(model.class_maps(x, np.array([0, 0, 0, 0])))
+    np.testing.assert_array_equal(maps, np.asarray(model.class_maps(x, np.array([1, 1, 1, 1]))))  # class-agnostic
+    with pytest.raises(ValueError, match="class-agnostic"):
+        localizers.get_localizer(model, "gradcam", "mid")
+
+
+def test_bad_settings_fail_clearly():
+    stage1 = stage1_model()
+    with pytest.raises(ValueError, match="stage 2 needs an evaluator"):
+        ORNet(num_classes=2, backbone="small", image_size=SIZE, stage=2)
+    with pytest.raises(ValueError, match="evaluator has 3 classes"):
+        ORNet.refine(stage1, CAM(num_classes=3, backbone="small", image_size=SIZE))
+    with pytest.raises(ValueError, match="tap='mid' but the stage-1 model has 'low'"):
+        ORNet.refine(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), tap="mid")
+    with pytest.raises(ValueError, match="ORNet at stage 1"):
+        ORNet.refine(CAM(num_classes=2, backbone="small", image_size=SIZE), stage1)
+
+
+def test_short_fits_of_both_stages_then_save_and_load(tmp_path):
+    keras.utils.set_random_seed(4)
+    data = synthetic.generate("train", num_classes=2, images_per_class=12, image_size=SIZE)
+    ds = pipeline.training_dataset(data.images, data.labels, 8, seed=0)
+    stage1 = stage1_model(4)
+    history = stage1.fit(ds, epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+    stage1 = assert_round_trip(stage1, tmp_path / "stage1.keras", data.images[:4], stage=1, generator_channels=4)
+    model = ORNet.refine(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), alpha=2.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    history = model.fit(ds, validation_data=ds, epochs=2, verbose=0).history
+    assert {"evaluation_loss", "entropy", "area", "val_loss", "val_entropy"} <= set(history)
+    assert np.isfinite(history["loss"]).all()
+    loaded = assert_round_trip(model, tmp_path / "stage2.keras", data.images[:4], stage=2, alpha=2.0)
+    np.testing.assert_array_equal(np.asarray(loaded(data.images[:4])), np.asarray(model(data.images[:4])))
+    assert not loaded.evaluator.trainable_weights
+    assert np.isfinite(loaded.train_on_batch(data.images[:8], data.labels[:8], return_dict=True)["loss"])
+
+
+def test_mixed_precision_maps_and_losses_stay_float32():
+    with mixed_float16():
+        _, _, model = stage2_model(5)
+        x, y = batch(5)
+        _, _, p_a = model.activation_maps(x, training=True)
+        assert p_a.dtype == "float32"
+        total, parts, _ = model.compute_losses(x, y, training=True)
+        assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())
+        logs = model.train_on_batch(x, y, return_dict=True)
+        assert all(np.isfinite(v) for v in logs.values())
