@@ -3,6 +3,12 @@
     python train.py                                  # CAM on the offline synthetic benchmark
     python train.py --method=cam --backbone=mobilenet_v2 --image_size=224 --workdir=runs/mnv2
     python train.py --flagfile=runs/default/flags.txt   # repeat a run
+    # ORNet: an evaluator, stage 1, then stage 2 (three workdirs)
+    python train.py --method=cam --workdir=runs/evaluator
+    python train.py --method=ornet --workdir=runs/ornet_stage1
+    python train.py --method=ornet --ornet_stage=2 --workdir=runs/ornet_stage2 \
+        --stage1_checkpoint=runs/ornet_stage1/checkpoints/best.keras \
+        --evaluator_checkpoint=runs/evaluator/checkpoints/best.keras
 
 Writes to --workdir: flags.txt, checkpoints/{best,last}.keras, log.csv,
 tensorboard/ (with CAM overlays), backup/ (resume), eval_test/ (metrics.json,
@@ -41,6 +47,42 @@ def build_optimizer(steps: int, kind: str = "same", learning_rate: float | None 
     return keras.optimizers.Adam(lr)
 
 
+def load_checkpoint(flag: str):
+    """The .keras model named by ``--flag``; a missing flag or unreadable file is an error naming it."""
+    import keras
+
+    import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
+
+    path = FLAGS[flag].value
+    if not path:
+        raise app.UsageError(f"--{flag} is required with --method=ornet --ornet_stage=2")
+    if not os.path.isfile(path):
+        raise app.UsageError(f"--{flag}={path}: no such file")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # a damaged or foreign file raises many types
+        raise app.UsageError(f"--{flag}={path}: cannot load it as a Keras model ({type(error).__name__}: {error})") from None
+
+
+def build_refinement(architecture: dict, kwargs: dict):
+    """ORNet stage 2: the stage-1 model of --stage1_checkpoint refined against --evaluator_checkpoint.
+
+    The generator's shape comes from the stage-1 model unless given on the
+    command line; every other architecture flag must match it.
+    """
+    from keras_wsol.methods import ORNet
+
+    for flag, argument in (("ornet_tap", "tap"), ("generator_channels", "generator_channels")):
+        if not FLAGS[flag].present:
+            kwargs.pop(argument)
+    stage1, evaluator = load_checkpoint("stage1_checkpoint"), load_checkpoint("evaluator_checkpoint")
+    try:
+        return ORNet.refine(stage1, evaluator, **architecture, **kwargs)
+    except ValueError as error:
+        raise app.UsageError(f"--stage1_checkpoint={FLAGS.stage1_checkpoint} "
+                             f"--evaluator_checkpoint={FLAGS.evaluator_checkpoint}: {error}") from None
+
+
 def write_flagfile(path: str) -> None:
     """Save the non-default flags of this run so it can be repeated with --flagfile."""
     lines = [f.serialize() for module in (sys.argv[0], "flags") for f in FLAGS.get_flags_for_module(module)]
@@ -73,15 +115,16 @@ def main(argv: list[str]) -> None:
     if FLAGS.method == "complementary":
         # Hide-and-seek fills hidden patches with the dataset's mean pixel.
         kwargs["hide_fill"] = tuple(float(v) for v in train.images.reshape(-1, 3).mean(axis=0))
+    architecture = dict(num_classes=FLAGS.num_classes, backbone=FLAGS.backbone, image_size=FLAGS.image_size,
+                        head_channels=FLAGS.head_channels)
+    refining = FLAGS.method == "ornet" and FLAGS.ornet_stage == 2
+    if not refining and (FLAGS.stage1_checkpoint or FLAGS.evaluator_checkpoint):
+        raise app.UsageError("--stage1_checkpoint and --evaluator_checkpoint are for --method=ornet --ornet_stage=2")
     try:
-        model = get_method(FLAGS.method)(
-            num_classes=FLAGS.num_classes,
-            backbone=FLAGS.backbone,
-            image_size=FLAGS.image_size,
-            weights=FLAGS.weights,
-            head_channels=FLAGS.head_channels,
-            **kwargs,
-        )
+        if refining:
+            model = build_refinement(architecture, kwargs)
+        else:
+            model = get_method(FLAGS.method)(weights=FLAGS.weights, **architecture, **kwargs)
     except ValueError as error:
         raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
     if model.uses_class_sets:
@@ -103,8 +146,9 @@ def main(argv: list[str]) -> None:
     if FLAGS.method == "minmaxcam" and (FLAGS.stage2_optimizer == "sgd" or FLAGS.stage2_learning_rate is not None):
         compile_kwargs["stage2_optimizer"] = build_optimizer(
             FLAGS.epochs * steps_per_epoch, FLAGS.stage2_optimizer, FLAGS.stage2_learning_rate)
-    model.compile(optimizer=build_optimizer(FLAGS.epochs * steps_per_epoch), jit_compile=FLAGS.jit_compile,
-                  **compile_kwargs)
+    learning_rate = FLAGS.refine_learning_rate if refining else None
+    model.compile(optimizer=build_optimizer(FLAGS.epochs * steps_per_epoch, learning_rate=learning_rate),
+                  jit_compile=FLAGS.jit_compile, **compile_kwargs)
     ckpt = os.path.join(workdir, "checkpoints")
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),

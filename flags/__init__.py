@@ -90,20 +90,65 @@ def define_model_flags() -> None:
     flags.DEFINE_boolean("use_ssam", True, "Complementary: train with SSAM (Eq. 7-8).")
     flags.DEFINE_boolean("attention_at_inference", False, "Complementary: keep CAAM and SSAM on at inference "
                          "(the paper switches them off).")
+    # ORNet: stage 1 (generator) and stage 2 (refinement against an evaluator), two train.py runs.
+    flags.DEFINE_integer("ornet_stage", 1, "ORNet: 1 trains the generator with the classifier; 2 refines a stage-1 "
+                         "model (--stage1_checkpoint) against a frozen classifier (--evaluator_checkpoint).",
+                         lower_bound=1, upper_bound=2)
+    flags.DEFINE_string("stage1_checkpoint", None, "ORNet stage 2: the stage-1 .keras model it starts from.")
+    flags.DEFINE_string("evaluator_checkpoint", None, "ORNet stage 2: a trained classifier .keras (e.g. a "
+                        "--method=cam run's checkpoints/best.keras), frozen.")
+    flags.DEFINE_enum("ornet_tap", "low", ("low", "mid"), "ORNet: backbone tap the generator reads (F1/F2 split).")
+    flags.DEFINE_integer("generator_channels", 64, "ORNet: width of the generator's encoder-decoder.", lower_bound=1)
+    flags.DEFINE_float("ornet_alpha", 1.5, "ORNet stage 2: weight of the weighted entropy loss (Eq. 10); 0 drops it.",
+                       lower_bound=0)
+    flags.DEFINE_float("ornet_beta", 0.02, "ORNet stage 2: weight of the area loss (Eq. 10); 0 drops it.", lower_bound=0)
+    flags.DEFINE_float("entropy_mu", 0.5, "ORNet stage 2: mean of the entropy weighting (Eq. 15).")
+    flags.DEFINE_float("entropy_sigma", 0.1, "ORNet stage 2: width of the entropy weighting (Eq. 15).", lower_bound=1e-6)
+    flags.DEFINE_boolean("attentive_erasing", True, "ORNet stage 2: attentive erasing in training (Section 3.2.2).")
+    flags.DEFINE_float("erase_threshold", 0.5, "ORNet stage 2: map values above this inside the rectangle may be "
+                       "erased.", lower_bound=0, upper_bound=1)
+    flags.DEFINE_list("erase_size", ["0.25", "0.75"], "ORNet stage 2: range of the erasing rectangle's height and "
+                      "width, as fractions of the map side.")
+    flags.register_validator("erase_size", _is_fraction_range,
+                             message="--erase_size: give two fractions LOW,HIGH with 0 < LOW <= HIGH <= 1")
+    flags.DEFINE_float("erase_prob", 0.5, "ORNet stage 2: probability an erasing candidate is dropped.",
+                       lower_bound=0, upper_bound=1)
+    flags.DEFINE_boolean("train_shallow", True, "ORNet stage 2: step the shallow layers F1 with the generator "
+                         "(Eq. 7-8); --notrain_shallow steps the generator alone.")
+    flags.DEFINE_float("refine_learning_rate", 1e-4, "ORNet stage 2: peak learning rate (the paper's 1e-4; "
+                       "--learning_rate is stage 1's).", lower_bound=0)
 
-# The flags each method takes as constructor arguments (a method never reads flags itself).
+
+def _is_fraction_range(values: list[str]) -> bool:
+    try:
+        low, high = (float(v) for v in values)
+    except ValueError:
+        return False
+    return 0 < low <= high <= 1
+
+
+# The flags each method takes as constructor arguments, flag -> argument (a method never reads flags itself).
 METHOD_FLAGS = {
-    "cams2i": ("s2_tap", "classifier_channels", "ramp_steps", "inter_module", "inter_net", "inter_dim"),
-    "complementary": ("patch_sizes", "hide_prob", "beta", "use_caam", "use_ssam", "attention_at_inference"),
-    "minmaxcam": ("set_size", "lambda_crr", "lambda_frr"),
+    "cams2i": {name: name for name in ("s2_tap", "classifier_channels", "ramp_steps", "inter_module", "inter_net",
+                                       "inter_dim")},
+    "complementary": {name: name for name in ("patch_sizes", "hide_prob", "beta", "use_caam", "use_ssam",
+                                              "attention_at_inference")},
+    "minmaxcam": {name: name for name in ("set_size", "lambda_crr", "lambda_frr")},
+    "ornet": {"ornet_stage": "stage", "ornet_tap": "tap", "generator_channels": "generator_channels",
+              "ornet_alpha": "alpha", "ornet_beta": "beta", "entropy_mu": "mu", "entropy_sigma": "sigma",
+              "attentive_erasing": "erasing", "erase_threshold": "erase_threshold", "erase_size": "erase_size",
+              "erase_prob": "erase_prob", "train_shallow": "train_shallow"},
 }
+# List flags whose entries are numbers.
+_NUMBER_LISTS = {"patch_sizes": int, "erase_size": float}
 
 
 def method_kwargs(method: str) -> dict:
     """Constructor arguments of ``method`` from its flags."""
-    kwargs = {name: FLAGS[name].value for name in METHOD_FLAGS.get(method, ())}
-    if "patch_sizes" in kwargs:
-        kwargs["patch_sizes"] = tuple(int(p) for p in kwargs["patch_sizes"])
+    kwargs = {}
+    for flag, argument in METHOD_FLAGS.get(method, {}).items():
+        value = FLAGS[flag].value
+        kwargs[argument] = tuple(_NUMBER_LISTS[flag](v) for v in value) if flag in _NUMBER_LISTS else value
     return kwargs
 
 

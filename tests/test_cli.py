@@ -142,3 +142,30 @@ def test_evaluate_exports_versioned_savedmodels(workdir, tmp_path):
         result = run("evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny", *args)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert sorted(os.listdir(root / "tiny")) == ["1", "2"]
+
+
+def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, tmp_path):
+    """The CAM run of ``workdir`` is the evaluator; stage 2 starts from stage 1's best checkpoint."""
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    evaluator = os.path.join(workdir, "checkpoints", "best.keras")
+    result = run("train.py", f"--workdir={stage1}", "--method=ornet", "--generator_channels=8", *TINY, "--epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    refine = ["--method=ornet", "--ornet_stage=2", *TINY, "--epochs=1", f"--evaluator_checkpoint={evaluator}",
+              f"--stage1_checkpoint={stage1 / 'checkpoints' / 'best.keras'}"]
+    for args, message in ((refine[:-1], "--stage1_checkpoint is required"),
+                          (refine[:-2] + [f"--evaluator_checkpoint={tmp_path}/none.keras", refine[-1]], "none.keras: no such file"),
+                          (refine + ["--backbone=vgg16"], "backbone='vgg16' but the stage-1 model has 'small'")):
+        result = run("train.py", f"--workdir={tmp_path / 'bad'}", *args)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    result = run("train.py", f"--workdir={stage2}", *refine, "--ornet_alpha=1.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "entropy" in open(stage2 / "log.csv").readline() and os.path.isfile(stage2 / "eval_test" / "metrics.json")
+    import keras
+
+    import keras_wsol.methods  # noqa: F401  (registers the classes)
+    model = keras.models.load_model(stage2 / "checkpoints" / "best.keras")
+    original = keras.models.load_model(evaluator)
+    assert (model.stage, model.alpha, model.generator_channels) == (2, 1.0, 8)
+    assert all(np.array_equal(a, b) for a, b in zip(model.evaluator.get_weights(), original.get_weights()))
+    result = run("evaluate.py", f"--workdir={stage2}", "--export", f"--export_dir={tmp_path / 'saved'}")
+    assert result.returncode == 0 and os.path.isfile(tmp_path / "saved" / "stage2" / "1" / "saved_model.pb"), result.stderr[-2000:]
