@@ -3,6 +3,7 @@
     python evaluate.py --workdir=runs/default [--split=test]
     python evaluate.py --workdir=runs/default --localizer=bagcams --layer=mid
     python evaluate.py --workdir=runs/default --localizer=all --layer=all
+    python evaluate.py --workdir=runs/ornet_stage2 --compare_workdirs=runs/default,runs/ornet_stage1
     python evaluate.py --scoremap_root=DIR --metadata_root=DIR [--mask_root=DIR] \\
         [--cam_curve_interval=0.01] [--resize_length=224] --output_json=FILE
     python evaluate.py --workdir=runs/default --export [--localizer=... --layer=...] \\
@@ -47,6 +48,9 @@ flags.DEFINE_string("export_dir", "saved_models", "Export: TF Serving model base
 flags.DEFINE_string("model_name", None, "Export: model folder name; default the workdir's name.")
 flags.DEFINE_integer("version", None, "Export: version number (must be free); default the next free one.", lower_bound=1)
 flags.DEFINE_float("export_threshold", None, "Export: box threshold tau in [0, 1) instead of the one chosen on val.")
+flags.DEFINE_list("compare_workdirs", [], "Also draw these train.py workdirs' BoxAcc-versus-threshold curves "
+                  "(their own maps, single contour, IoU 0.5) with this one's: box_acc_compare.png and "
+                  "threshold_curves.json in the output folder. They must have been trained on the same data.")
 flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
 flags.DEFINE_string("metadata_root", None, "Evaluator-only mode: metadata folder of one split.")
 flags.DEFINE_string("mask_root", None, "Evaluator-only mode: root of the mask PNGs named in localization.txt.")
@@ -82,6 +86,51 @@ def evaluate_scoremap_folder() -> dict:
             boxes = np.array([evaluation.resize_box(b, meta.sizes[image_id], r) for b in meta.boxes[image_id]])
             evaluator.update(scoremap[None], [boxes])
     return evaluator.result()
+
+
+def run_data_flags(workdir: str) -> dict[str, str]:
+    """The dataset flags a train.py workdir was trained with, from its flags.txt."""
+    flagfile = os.path.join(workdir, "flags.txt")
+    if not os.path.isfile(flagfile):
+        raise app.UsageError(f"--workdir={workdir}: no flags.txt; is it a train.py workdir?")
+    values = {}
+    for arg in FLAGS.read_flags_from_files([f"--flagfile={flagfile}"], force_gnu=False):
+        name, _, value = arg[2:].partition("=")
+        if name in DATA_FLAGS:
+            values[name] = value
+    return values
+
+
+def compare_curves(model, split, out: str) -> None:
+    """``--compare_workdirs``: BoxAcc-versus-threshold curves of this model and the others, one plot."""
+    import keras
+
+    from keras_wsol import reporting, visualize
+
+    if not FLAGS.workdir:
+        raise app.UsageError("--compare_workdirs needs --workdir (the runs' flags.txt must show the same data)")
+    mine = run_data_flags(FLAGS.workdir)
+    models = {os.path.basename(os.path.normpath(FLAGS.workdir)): model}
+    for workdir in FLAGS.compare_workdirs:
+        theirs = run_data_flags(workdir)
+        differ = [f"--{k}={theirs.get(k)} (here {mine.get(k)})" for k in DATA_FLAGS if theirs.get(k) != mine.get(k)]
+        if differ:
+            raise app.UsageError(f"--compare_workdirs: {workdir} was trained on other data: {', '.join(differ)}")
+        checkpoint = os.path.join(workdir, "checkpoints", "best.keras")
+        if not os.path.isfile(checkpoint):
+            raise app.UsageError(f"--compare_workdirs: no checkpoint at {checkpoint}")
+        models[os.path.basename(os.path.normpath(workdir))] = keras.models.load_model(checkpoint)
+    taus, curves = reporting.threshold_curves(models, split, FLAGS.cam_curve_interval, FLAGS.resize_length)
+    visualize.plot_box_acc_curves(taus, {}, os.path.join(out, "box_acc_compare.png"),
+                                  "BoxAcc vs threshold (single contour, IoU 50)", curves)
+    reporting.write_json({"taus": taus.tolist(), **{k: v.tolist() for k, v in curves.items()}},
+                         os.path.join(out, "threshold_curves.json"))
+    print(f"\n{'BoxAcc at tau':22s}" + "".join(f"{t:>7.1f}" for t in np.arange(0.1, 1.0, 0.1)) + "   best (tau)   within 5 points")
+    for name, curve in curves.items():
+        at = [curve[int(round(t / FLAGS.cam_curve_interval))] for t in np.arange(0.1, 1.0, 0.1)]
+        low, high = reporting.threshold_span(taus, curve)
+        print(f"{name:22s}" + "".join(f"{a:7.1f}" for a in at)
+              + f"   {curve.max():5.1f} ({taus[int(np.argmax(curve))]:.2f})   {low:.2f}-{high:.2f}")
 
 
 def export_checkpoint(model, localizer: localizers.Localizer, checkpoint: str, base: str) -> None:
@@ -129,13 +178,9 @@ def main(argv: list[str]) -> None:
     if not (FLAGS.workdir or FLAGS.checkpoint):
         raise app.UsageError("pass --workdir (or --checkpoint), or --scoremap_root/--metadata_root/--output_json")
     if FLAGS.workdir:
-        flagfile = os.path.join(FLAGS.workdir, "flags.txt")
-        if not os.path.isfile(flagfile):
-            raise app.UsageError(f"--workdir={FLAGS.workdir}: no flags.txt; is it a train.py workdir?")
         # The dataset flags of the training run, unless given on this command line.
-        for arg in FLAGS.read_flags_from_files([f"--flagfile={flagfile}"], force_gnu=False):
-            name, _, value = arg[2:].partition("=")
-            if name in DATA_FLAGS and not FLAGS[name].present:
+        for name, value in run_data_flags(FLAGS.workdir).items():
+            if not FLAGS[name].present:
                 FLAGS[name].parse(value)
     import keras
 
@@ -171,6 +216,8 @@ def main(argv: list[str]) -> None:
     out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
     results = reporting.evaluate_split(model, split, out, **protocol, localizer=localizer)
     print(reporting.format_table(results))
+    if FLAGS.compare_workdirs:
+        compare_curves(model, split, out)
     print(f"\nmetrics and pictures: {out}")
 
 

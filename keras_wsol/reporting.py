@@ -150,6 +150,38 @@ def sweep_localizers(
     return results
 
 
+def threshold_curves(
+    models: dict[str, object],
+    split: SyntheticSplit,
+    cam_curve_interval: float = 0.01,
+    resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(taus, {name: BoxAcc per tau})``: single-contour BoxAcc at IoU 0.5 of each model's own maps.
+
+    How much a model's localization depends on the threshold (ORNet's
+    claim, Fig. 11 of its paper), side by side.
+    """
+    curves = {}
+    for name, model in models.items():
+        run = SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold=0.2)
+        for maps, logits in model_scoremaps(localizers.get_localizer(model, "cam"), split.images, split.labels,
+                                            resize_length, batch_size):
+            run.update(maps, logits)
+        curves[name] = run.boxes.curves()["single"][50]
+    return run.boxes.taus, curves
+
+
+def threshold_span(taus: np.ndarray, curve: np.ndarray, within: float = 5.0) -> tuple[float, float]:
+    """The lowest and highest tau whose BoxAcc is within ``within`` points of the curve's best.
+
+    >>> threshold_span(np.array([0.1, 0.2, 0.3, 0.4]), np.array([50.0, 80.0, 78.0, 60.0]))
+    (0.2, 0.3)
+    """
+    near = np.flatnonzero(np.asarray(curve) >= np.max(curve) - within)
+    return float(taus[near[0]]), float(taus[near[-1]])
+
+
 def write_pictures(run: SplitEvaluation, result: dict, maps: np.ndarray, output_dir: str, count: int, runs: dict) -> None:
     """BoxAcc curves (model, with the baselines dashed), PR curve, best and worst overlays."""
     taus = run.boxes.taus

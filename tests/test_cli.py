@@ -167,5 +167,9 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     original = keras.models.load_model(evaluator)
     assert (model.stage, model.alpha, model.generator_channels) == (2, 1.0, 8)
     assert all(np.array_equal(a, b) for a, b in zip(model.evaluator.get_weights(), original.get_weights()))
+    result = run("evaluate.py", f"--workdir={stage2}", f"--compare_workdirs={workdir},{stage1}")
+    assert result.returncode == 0 and "within 5 points" in result.stdout, result.stderr[-2000:]
+    curves = json.load(open(stage2 / "eval_test" / "threshold_curves.json"))
+    assert set(curves) == {"taus", "stage2", "stage1", os.path.basename(workdir)} and len(curves["stage1"]) == 100
     result = run("evaluate.py", f"--workdir={stage2}", "--export", f"--export_dir={tmp_path / 'saved'}")
     assert result.returncode == 0 and os.path.isfile(tmp_path / "saved" / "stage2" / "1" / "saved_model.pb"), result.stderr[-2000:]
