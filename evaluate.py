@@ -88,6 +88,11 @@ def evaluate_scoremap_folder() -> dict:
     return evaluator.result()
 
 
+def best_checkpoint(workdir: str) -> str:
+    """The checkpoint train.py keeps as a workdir's best (lowest val_loss)."""
+    return os.path.join(workdir, "checkpoints", "best.keras")
+
+
 def run_data_flags(workdir: str) -> dict[str, str]:
     """The dataset flags a train.py workdir was trained with, from its flags.txt."""
     flagfile = os.path.join(workdir, "flags.txt")
@@ -116,10 +121,12 @@ def compare_curves(model, split, out: str) -> None:
         differ = [f"--{k}={theirs.get(k)} (here {mine.get(k)})" for k in DATA_FLAGS if theirs.get(k) != mine.get(k)]
         if differ:
             raise app.UsageError(f"--compare_workdirs: {workdir} was trained on other data: {', '.join(differ)}")
-        checkpoint = os.path.join(workdir, "checkpoints", "best.keras")
+        checkpoint = best_checkpoint(workdir)
         if not os.path.isfile(checkpoint):
             raise app.UsageError(f"--compare_workdirs: no checkpoint at {checkpoint}")
-        models[os.path.basename(os.path.normpath(workdir))] = keras.models.load_model(checkpoint)
+        # Runs are named by their folder; the whole path where two folders share a name.
+        name = os.path.basename(os.path.normpath(workdir))
+        models[os.path.normpath(workdir) if name in models else name] = keras.models.load_model(checkpoint)
     taus, curves = reporting.threshold_curves(models, split, FLAGS.cam_curve_interval, FLAGS.resize_length)
     visualize.plot_box_acc_curves(taus, {}, os.path.join(out, "box_acc_compare.png"),
                                   "BoxAcc vs threshold (single contour, IoU 50)", curves)
@@ -184,7 +191,7 @@ def main(argv: list[str]) -> None:
                 FLAGS[name].parse(value)
     import keras
 
-    checkpoint = FLAGS.checkpoint or os.path.join(FLAGS.workdir, "checkpoints", "best.keras")
+    checkpoint = FLAGS.checkpoint or best_checkpoint(FLAGS.workdir)
     if not os.path.isfile(checkpoint):
         raise app.UsageError(f"no checkpoint at {checkpoint}")
     model = keras.models.load_model(checkpoint)
