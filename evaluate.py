@@ -52,11 +52,9 @@ flags.DEFINE_list("compare_workdirs", [], "Also draw these train.py workdirs' Bo
                   "(their own maps, single contour, IoU 0.5) with this one's: box_acc_compare.png and "
                   "threshold_curves.json in the output folder. They must have been trained on the same data.")
 flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
-flags.DEFINE_string("metadata_root", None, "Evaluator-only mode: metadata folder of one split.")
-flags.DEFINE_string("mask_root", None, "Evaluator-only mode: root of the mask PNGs named in localization.txt.")
 flags.DEFINE_string("output_json", None, "Evaluator-only mode: where to write the metrics.")
 FLAGS = flags.FLAGS
-DATA_FLAGS = ("dataset", "image_size", "num_classes", "train_images_per_class", "eval_images_per_class", "data_seed")
+DATA_FLAGS = wsol_flags.DATA_FLAGS
 
 
 def evaluate_scoremap_folder() -> dict:
@@ -64,11 +62,15 @@ def evaluate_scoremap_folder() -> dict:
     from keras_wsol import evaluation
     from keras_wsol.data.metadata import load_masks, read_metadata
 
-    meta = read_metadata(FLAGS.metadata_root)
+    # The folder of one split, or a root holding the --split folder.
+    root = FLAGS.metadata_root
+    if not os.path.isfile(os.path.join(root, "image_ids.txt")) and os.path.isdir(os.path.join(root, FLAGS.split)):
+        root = os.path.join(root, FLAGS.split)
+    meta = read_metadata(root)
     r = FLAGS.resize_length
     if meta.is_mask_dataset:
         if not FLAGS.mask_root:
-            raise app.UsageError(f"--mask_root is required: {FLAGS.metadata_root}/localization.txt lists masks")
+            raise app.UsageError(f"--mask_root is required: {root}/localization.txt lists masks")
         evaluator = evaluation.MaskEvaluator(FLAGS.cam_curve_interval, r)
     else:
         evaluator = evaluation.BoxEvaluator(FLAGS.cam_curve_interval, resize_length=r)
@@ -150,8 +152,10 @@ def export_checkpoint(model, localizer: localizers.Localizer, checkpoint: str, b
     except ValueError as error:
         raise app.UsageError(f"--model_name: {error}") from None
     if FLAGS.export_threshold is None:
-        val = wsol_flags.load_split("val")
-        threshold, accuracy = export.validation_threshold(localizer, val.images, val.labels, val.boxes, FLAGS.cam_curve_interval)
+        try:
+            threshold, accuracy = export.validation_threshold(localizer, wsol_flags.load_split("val"), FLAGS.cam_curve_interval)
+        except ValueError as error:
+            raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}; pass --export_threshold") from None
         chosen = {"threshold_source": "val split, MaxBoxAcc", "val_MaxBoxAcc": accuracy}
         print(f"box threshold {threshold:.3f} chosen on the val split (MaxBoxAcc {accuracy:.2f})")
     else:
@@ -175,7 +179,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from keras_wsol import reporting
 
-    if FLAGS.scoremap_root or FLAGS.metadata_root:
+    if FLAGS.scoremap_root or FLAGS.output_json:
         if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):
             raise app.UsageError("evaluator-only mode needs --scoremap_root, --metadata_root and --output_json")
         result = evaluate_scoremap_folder()

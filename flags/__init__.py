@@ -8,12 +8,15 @@ Example:
     True
 """
 
-from absl import flags
+import os
+
+from absl import app, flags
 
 from keras_wsol.backbones import BACKBONES
+from keras_wsol.distribute import STRATEGIES
 from keras_wsol.methods.registry import METHODS
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "cub", "folder", "imagenet")
 FLAGS = flags.FLAGS
 
 
@@ -21,29 +24,90 @@ def define_data_flags() -> None:
     """Dataset and evaluation-protocol flags."""
     if "dataset" in FLAGS:
         return
-    flags.DEFINE_enum("dataset", "synthetic", DATASETS, "Dataset source.")
-    flags.DEFINE_integer("image_size", 96, "Square input side in pixels.", lower_bound=32)
-    flags.DEFINE_integer("num_classes", 8, "Synthetic benchmark: number of classes.", lower_bound=2)
+    flags.DEFINE_enum("dataset", "synthetic", DATASETS, "Dataset source: the offline synthetic benchmark, CUB-200-2011 "
+                      "through TFDS, a benchmark metadata folder, or ImageNet (TFDS training images, metadata-folder "
+                      "val/test boxes).")
+    flags.DEFINE_integer("image_size", 96, "Square input side in pixels (224 for the papers' settings).", lower_bound=32)
+    flags.DEFINE_integer("num_classes", 8, "Synthetic benchmark: number of classes (other sources: from the data).",
+                         lower_bound=2)
     flags.DEFINE_integer("train_images_per_class", 120, "Synthetic benchmark: training images per class.", lower_bound=1)
     flags.DEFINE_integer("eval_images_per_class", 40, "Synthetic benchmark: val/test images per class.", lower_bound=1)
-    flags.DEFINE_integer("data_seed", 0, "Synthetic benchmark: generator seed.")
-    flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
+    flags.DEFINE_integer("data_seed", 0, "Synthetic benchmark: generator seed; cub: which training images are "
+                         "held out for val.")
+    flags.DEFINE_string("tfds_data_dir", None, "cub, imagenet: TFDS data directory (default: TFDS's own).")
+    flags.DEFINE_string("tfds_manual_dir", None, "cub: folder holding CUB_200_2011.tgz and segmentations.tgz (else "
+                        "TFDS downloads them); imagenet: folder holding ILSVRC2012_img_train.tar and "
+                        "ILSVRC2012_img_val.tar.")
+    flags.DEFINE_integer("cub_val_per_class", 5, "cub: training images per class held out as the val split "
+                         "(the protocol's CUBV2 val has 5 per class).", lower_bound=1)
+    flags.DEFINE_string("data_root", None, "folder, imagenet: root of the images named in image_ids.txt.")
+    flags.DEFINE_string("metadata_root", None, "folder: benchmark metadata with train/val/test subfolders "
+                        "(imagenet: val/test); evaluator-only mode: that root or one split's folder.")
+    flags.DEFINE_string("mask_root", None, "Root of the mask PNGs that localization.txt names (OpenImages).")
+    flags.DEFINE_string("mask_metadata_root", None, "folder: optional second metadata root whose split folders list "
+                        "masks for a box dataset's images (e.g. CUB segmentations), for PxAP.")
+    flags.DEFINE_string("cache", None, "Cache decoded images: 'memory' or a file prefix (train and val get their "
+                        "own suffix). Default: off.")
+    flags.DEFINE_integer("batch_size", 32, "Global batch size: split over the replicas of --strategy.", lower_bound=1)
     flags.DEFINE_float("cam_curve_interval", 0.01, "Spacing of the CAM thresholds (0.01 or 0.001).")
     flags.DEFINE_integer("resize_length", 224, "Score maps and boxes are evaluated at R x R.", lower_bound=8)
     flags.DEFINE_float("fixed_threshold", 0.2, "Also report Top-1/GT-known Loc at this fixed tau (older papers).")
 
 
-def load_split(split: str):
-    """The ``split`` of the dataset the data flags describe."""
-    from keras_wsol.data import synthetic
+# The data flags a run's dataset depends on (evaluate.py takes them from the run's flags.txt).
+DATA_FLAGS = ("dataset", "image_size", "num_classes", "train_images_per_class", "eval_images_per_class", "data_seed",
+              "tfds_data_dir", "tfds_manual_dir", "cub_val_per_class", "data_root", "metadata_root", "mask_root",
+              "mask_metadata_root")
 
-    return synthetic.generate(
-        split,
-        num_classes=FLAGS.num_classes,
-        images_per_class=FLAGS.train_images_per_class if split == "train" else FLAGS.eval_images_per_class,
-        image_size=FLAGS.image_size,
-        seed=FLAGS.data_seed,
-    )
+
+def _need(*names: str) -> None:
+    missing = [f"--{n}" for n in names if not FLAGS[n].value]
+    if missing:
+        raise app.UsageError(f"--dataset={FLAGS.dataset} needs {' and '.join(missing)}")
+
+
+def _metadata_split(split: str, localization: bool = True):
+    from keras_wsol.data import metadata, splits
+
+    _need("data_root", "metadata_root")
+    mask_split = os.path.join(FLAGS.mask_metadata_root, split) if FLAGS.mask_metadata_root else None
+    try:
+        return splits.metadata_split(FLAGS.data_root, os.path.join(FLAGS.metadata_root, split), FLAGS.mask_root,
+                                     mask_split, localization=localization)
+    except metadata.MetadataError as error:
+        raise app.UsageError(f"--metadata_root={FLAGS.metadata_root}: {error}") from None
+
+
+def load_split(split: str):
+    """The ``split`` (train, val or test) of the dataset the data flags describe, as a :class:`Split`.
+
+    A missing folder or malformed file is an error naming the flag and file.
+    """
+    from keras_wsol.data import synthetic, tfds_sources
+
+    if FLAGS.dataset == "synthetic":
+        data = synthetic.generate(
+            split,
+            num_classes=FLAGS.num_classes,
+            images_per_class=FLAGS.train_images_per_class if split == "train" else FLAGS.eval_images_per_class,
+            image_size=FLAGS.image_size,
+            seed=FLAGS.data_seed,
+        )
+        return data.as_split(FLAGS.num_classes)
+    if FLAGS.dataset == "cub" or (FLAGS.dataset == "imagenet" and split == "train"):
+        name = "caltech_birds2011" if FLAGS.dataset == "cub" else "imagenet2012"
+        try:
+            if FLAGS.dataset == "imagenet":
+                return tfds_sources.imagenet_train(FLAGS.tfds_data_dir, FLAGS.tfds_manual_dir)
+            root = tfds_sources.prepare_cub(FLAGS.tfds_data_dir, FLAGS.tfds_manual_dir, FLAGS.cub_val_per_class,
+                                            FLAGS.data_seed)
+        except Exception as error:  # TFDS raises many kinds (network, checksums, missing manual files)
+            raise app.UsageError(f"--dataset={FLAGS.dataset}: TFDS could not prepare {name} in --tfds_data_dir="
+                                 f"{FLAGS.tfds_data_dir} (--tfds_manual_dir={FLAGS.tfds_manual_dir}): "
+                                 f"{type(error).__name__}: {error}") from None
+        return tfds_sources.cub_split(root, split)
+    # folder (every split), imagenet (val, test): the benchmark's metadata; training needs no boxes.
+    return _metadata_split(split, localization=split != "train")
 
 
 def define_model_flags() -> None:
@@ -164,6 +228,12 @@ def define_train_flags() -> None:
     flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw, sgd).", lower_bound=0)
     flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
     flags.DEFINE_integer("seed", 0, "Random seed for weights, shuffling and augmentation.")
-    flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_float16", "mixed_bfloat16"), "Keras dtype policy.")
+    flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_float16", "mixed_bfloat16"), "Keras dtype policy "
+                      "(losses and CAM arithmetic stay float32).")
+    flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy: default (one device), mirrored "
+                      "(all local GPUs), multi_worker (TF_CONFIG names the workers), tpu (--tpu).")
+    flags.DEFINE_string("tpu", None, "--strategy=tpu: the TPU name or address ('local' on a TPU VM).")
+    flags.DEFINE_boolean("sync_batchnorm", True, "With more than one replica, BatchNorm averages its statistics over "
+                         "the global batch (as on one device); --nosync_batchnorm keeps per-replica statistics.")
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step.")
     flags.DEFINE_boolean("evaluate", True, "Evaluate the best checkpoint on the test split at the end.")

@@ -68,32 +68,34 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def validation_threshold(localizer: localizers.Localizer, images: np.ndarray, labels: np.ndarray,
-                         boxes: np.ndarray, cam_curve_interval: float = 0.01, batch_size: int = 64) -> tuple[float, float]:
+def validation_threshold(localizer: localizers.Localizer, split, cam_curve_interval: float = 0.01,
+                         batch_size: int = 64) -> tuple[float, float]:
     """The tau the export's boxes use: MaxBoxAcc's (single contour, IoU 0.5) on a labelled split.
 
     The maps are scored exactly as the export makes them: the ground-truth
     class's map at the model's side ``S`` (bilinear, min-max), boxes scaled
-    to ``S`` the protocol's way. Returns ``(tau, MaxBoxAcc at tau)``.
+    from each original image to ``S`` the protocol's way. Returns
+    ``(tau, MaxBoxAcc at tau)``.
 
     Args:
         localizer: the localizer the export bakes in.
-        images: ``[N, S, S, 3]`` RGB 0-255 at the model's side ``S``.
-        labels: ``[N]`` classes.
-        boxes: ``[N, 4]`` inclusive ground-truth boxes in image pixels.
+        split: a :class:`keras_wsol.data.splits.Split` with boxes (the val split).
     """
     from keras_wsol import evaluation
+    from keras_wsol.data import pipeline
 
+    if not split.has_boxes:
+        raise ValueError("the box threshold is chosen on a split with boxes; this one has none")
     side = int(localizer.model.image_size)
-    if images.shape[1:3] != (side, side):
-        raise ValueError(f"validation images must be {side}x{side} (the model's side), got {images.shape[1:3]}")
     evaluator = evaluation.BoxEvaluator(cam_curve_interval, resize_length=side)
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start : start + batch_size], np.float32)
-        raw, _ = localizer.raw_maps(batch, labels[start : start + batch_size])
+    seen = 0
+    for images, labels in pipeline.eval_dataset(split, batch_size, side):
+        raw, _ = localizer.raw_maps(images.numpy(), labels.numpy())
         maps = np.asarray(upsample_normalized(raw, (side, side)))
-        gt = [np.array([evaluation.resize_box(b, (side, side), side)]) for b in boxes[start : start + batch_size]]
+        gt = [np.array([evaluation.resize_box(b, size, side) for b in boxes])
+              for boxes, size in zip(split.boxes[seen : seen + len(maps)], split.sizes[seen : seen + len(maps)])]
         evaluator.update(maps, gt)
+        seen += len(maps)
     result = evaluator.result()
     return float(result["MaxBoxAcc_threshold"]), float(result["MaxBoxAcc"])
 

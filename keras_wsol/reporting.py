@@ -20,7 +20,8 @@ import numpy as np
 from keras_wsol import evaluation
 from keras_wsol import localizers
 from keras_wsol import visualize
-from keras_wsol.data.synthetic import SyntheticSplit
+from keras_wsol.data import pipeline
+from keras_wsol.data.splits import Split
 
 BASELINES = ("full_image", "center_gaussian")
 TABLE_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
@@ -43,54 +44,58 @@ def baseline_maps(kind: str, count: int, resize_length: int) -> np.ndarray:
 
 
 class SplitEvaluation:
-    """Box (and mask, where the split has masks) evaluators for one split."""
+    """Box evaluators (where the split has boxes) and mask evaluators (where it has masks) for one split."""
 
-    def __init__(self, split: SyntheticSplit, cam_curve_interval: float, resize_length: int, fixed_threshold: float):
+    def __init__(self, split: Split, cam_curve_interval: float, resize_length: int, fixed_threshold: float):
+        if not (split.has_boxes or split.masks is not None):
+            raise ValueError("the split has neither boxes nor masks to evaluate against")
         self.split = split
         self.resize_length = resize_length
-        size = split.images.shape[1:3][::-1]  # (width, height)
-        self.gt_boxes = [
-            np.array([evaluation.resize_box(b, size, resize_length)], np.int64) for b in split.boxes
-        ]
-        self.boxes = evaluation.BoxEvaluator(cam_curve_interval, resize_length=resize_length, fixed_threshold=fixed_threshold)
+        self.gt_boxes = None
+        self.boxes = None
+        if split.has_boxes:
+            self.gt_boxes = [
+                np.array([evaluation.resize_box(b, size, resize_length) for b in boxes], np.int64)
+                for boxes, size in zip(split.boxes, split.sizes)
+            ]
+            self.boxes = evaluation.BoxEvaluator(cam_curve_interval, resize_length=resize_length, fixed_threshold=fixed_threshold)
         self.masks = evaluation.MaskEvaluator(cam_curve_interval, resize_length) if split.masks is not None else None
         self.seen = 0
 
     def update(self, scoremaps: np.ndarray, logits: np.ndarray | None = None) -> None:
         """Add ``[B, R, R]`` protocol maps for the next ``B`` images of the split."""
         lo, hi = self.seen, self.seen + len(scoremaps)
-        labels = self.split.labels[lo:hi]
-        self.boxes.update(scoremaps, self.gt_boxes[lo:hi], labels=labels if logits is not None else None, logits=logits)
+        if self.boxes is not None:
+            labels = self.split.labels[lo:hi]
+            self.boxes.update(scoremaps, self.gt_boxes[lo:hi], labels=labels if logits is not None else None, logits=logits)
         if self.masks is not None:
-            r = self.resize_length
-            gt = np.stack(
-                [cv2.resize(m.astype(np.float32), (r, r), interpolation=cv2.INTER_NEAREST) > 0.5 for m in self.split.masks[lo:hi]]
-            )
-            self.masks.update(scoremaps, gt)
+            foreground, ignore = zip(*(self.split.masks(i, self.resize_length) for i in range(lo, hi)))
+            self.masks.update(scoremaps, np.stack(foreground), np.stack(ignore))
         self.seen = hi
 
     def result(self) -> dict:
-        out = self.boxes.result()
+        out = self.boxes.result() if self.boxes is not None else {}
         if self.masks is not None:
             mask_result = self.masks.result()
             out.update(PxAP=mask_result["PxAP"], pIoU=mask_result["pIoU"])
         return out
 
 
-def model_scoremaps(localizer, images: np.ndarray, labels: np.ndarray, resize_length: int, batch_size: int = 64):
+def model_scoremaps(localizer, split: Split, resize_length: int, batch_size: int = 64):
     """Yield ``(protocol maps [B, R, R], logits [B, C])`` for the ground-truth class, batch by batch.
 
-    ``localizer`` is a :class:`keras_wsol.localizers.Localizer`; its raw maps
-    (feature resolution) get the protocol's resize, as CAMs do.
+    ``localizer`` is a :class:`keras_wsol.localizers.Localizer`; the split's
+    images are resized to its model's side, and its raw maps (feature
+    resolution) get the protocol's resize, as CAMs do.
     """
-    for start in range(0, len(images), batch_size):
-        raw, logits = localizer.raw_maps(images[start : start + batch_size].astype(np.float32), labels[start : start + batch_size])
+    for images, labels in pipeline.eval_dataset(split, batch_size, int(localizer.model.image_size)):
+        raw, logits = localizer.raw_maps(images.numpy(), labels.numpy())
         yield np.stack([evaluation.resize_scoremap(m, resize_length) for m in np.asarray(raw)]), np.asarray(logits)
 
 
 def evaluate_split(
     model,
-    split: SyntheticSplit,
+    split: Split,
     output_dir: str | None = None,
     cam_curve_interval: float = 0.01,
     resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
@@ -107,7 +112,7 @@ def evaluate_split(
     localizer = localizer or localizers.get_localizer(model, "cam")
     runs = {name: SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold) for name in ("model",) + BASELINES}
     kept_maps = []
-    for maps, logits in model_scoremaps(localizer, split.images, split.labels, resize_length, batch_size):
+    for maps, logits in model_scoremaps(localizer, split, resize_length, batch_size):
         runs["model"].update(maps, logits)
         for name in BASELINES:
             runs[name].update(baseline_maps(name, len(maps), resize_length), logits)
@@ -117,13 +122,14 @@ def evaluate_split(
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         write_json(results, os.path.join(output_dir, "metrics.json"))
-        write_pictures(runs["model"], results["model"], np.concatenate(kept_maps), output_dir, num_pictures, runs)
+        write_pictures(runs["model"], results["model"], np.concatenate(kept_maps), output_dir, num_pictures, runs,
+                       int(localizer.model.image_size))
     return results
 
 
 def sweep_localizers(
     model,
-    split: SyntheticSplit,
+    split: Split,
     methods: list[str],
     layers: list[str],
     cam_curve_interval: float = 0.01,
@@ -144,7 +150,7 @@ def sweep_localizers(
                 continue
             localizer = localizers.get_localizer(model, method, layer, **options)
             run = SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold)
-            for maps, logits in model_scoremaps(localizer, split.images, split.labels, resize_length, batch_size):
+            for maps, logits in model_scoremaps(localizer, split, resize_length, batch_size):
                 run.update(maps, logits)
             results[f"{method}@{layer}"] = run.result()
     return results
@@ -152,7 +158,7 @@ def sweep_localizers(
 
 def threshold_curves(
     models: dict[str, object],
-    split: SyntheticSplit,
+    split: Split,
     cam_curve_interval: float = 0.01,
     resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
     batch_size: int = 64,
@@ -162,11 +168,12 @@ def threshold_curves(
     How much a model's localization depends on the threshold (ORNet's
     claim, Fig. 11 of its paper), side by side.
     """
+    if not split.has_boxes:
+        raise ValueError("BoxAcc curves need a split with boxes")
     curves = {}
     for name, model in models.items():
         run = SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold=0.2)
-        for maps, logits in model_scoremaps(localizers.get_localizer(model, "cam"), split.images, split.labels,
-                                            resize_length, batch_size):
+        for maps, logits in model_scoremaps(localizers.get_localizer(model, "cam"), split, resize_length, batch_size):
             run.update(maps, logits)
         curves[name] = run.boxes.curves()["single"][50]
     return run.boxes.taus, curves
@@ -182,23 +189,27 @@ def threshold_span(taus: np.ndarray, curve: np.ndarray, within: float = 5.0) -> 
     return float(taus[near[0]]), float(taus[near[-1]])
 
 
-def write_pictures(run: SplitEvaluation, result: dict, maps: np.ndarray, output_dir: str, count: int, runs: dict) -> None:
+def write_pictures(run: SplitEvaluation, result: dict, maps: np.ndarray, output_dir: str, count: int, runs: dict,
+                   image_size: int) -> None:
     """BoxAcc curves (model, with the baselines dashed), PR curve, best and worst overlays."""
+    if run.masks is not None:
+        precision, recall = run.masks.pr_curve()
+        visualize.plot_pr_curve(precision, recall, os.path.join(output_dir, "pr_curve.png"), result["PxAP"])
+    if run.boxes is None:
+        return
     taus = run.boxes.taus
     curves = run.boxes.curves()
     extra = {f"{name} (single, IoU 50)": r.boxes.curves()["single"][50] for name, r in runs.items() if r is not run}
     visualize.plot_box_acc_curves(taus, curves["multi"], os.path.join(output_dir, "box_acc_multi_contour.png"), "MaxBoxAccV2 curves (multi-contour)")
     visualize.plot_box_acc_curves(taus, {50: curves["single"][50]}, os.path.join(output_dir, "box_acc_single_contour.png"), "MaxBoxAcc curve (single-contour)", extra)
-    if run.masks is not None:
-        precision, recall = run.masks.pr_curve()
-        visualize.plot_pr_curve(precision, recall, os.path.join(output_dir, "pr_curve.png"), result["PxAP"])
     tau = result["MaxBoxAcc_threshold"]
     r = run.resize_length
     boxes = [evaluation.boxes_at_threshold(m, tau) for m in maps]
     ious = np.array([evaluation.box_iou(b, g).max() for b, g in zip(boxes, run.gt_boxes)])
     order = np.argsort(-ious, kind="stable")
     picks = np.concatenate([order[: count // 2], order[::-1][: count - count // 2]])
-    images = np.stack([cv2.resize(run.split.images[i], (r, r), interpolation=cv2.INTER_LINEAR) for i in picks])
+    shown = pipeline.first_images(run.split, len(maps), image_size).astype(np.uint8)
+    images = np.stack([cv2.resize(shown[i], (r, r), interpolation=cv2.INTER_LINEAR) for i in picks])
     titles = [f"{'good' if k < count // 2 else 'bad'}: IoU {ious[i]:.2f}" for k, i in enumerate(picks)]
     visualize.plot_overlays(images, maps[picks], [boxes[i] for i in picks], [run.gt_boxes[i] for i in picks], titles, os.path.join(output_dir, "overlays.png"))
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_wsol.backbones import build_backbone
-from helpers import assert_round_trip, changed_weights, mixed_float16
+from helpers import POLICIES, assert_round_trip, changed_weights, precision_policy
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
 from keras_wsol.methods import CAMs2i
@@ -114,7 +114,7 @@ def test_s2_tap_keeps_the_map_size_and_bad_settings_fail_clearly():
 def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
     keras.utils.set_random_seed(5)
     data = synthetic.generate("train", num_classes=4, images_per_class=20, image_size=40)
-    ds = pipeline.class_set_dataset(data.images, data.labels, set_size=4, sets_per_batch=4, seed=0)
+    ds = pipeline.class_set_dataset(data.as_split(), set_size=4, sets_per_batch=4, seed=0)
     model = CAMs2i(num_classes=4, backbone="small", image_size=40, classifier_channels=32, inter_dim=16, ramp_steps=0)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, steps_per_epoch=5, verbose=0).history
@@ -122,8 +122,9 @@ def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
     assert_round_trip(model, tmp_path / "m.keras", data.images[:4], classifier_channels=32)
 
 
-def test_mixed_precision_losses_stay_float32():
-    with mixed_float16():
+@pytest.mark.parametrize("policy", POLICIES)
+def test_mixed_precision_losses_stay_float32(policy):
+    with precision_policy(policy):
         model, x, y = model_and_batch(6)
         total, parts, _ = model.compute_losses(x, y)
         assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())

@@ -93,6 +93,39 @@ def test_evaluate_with_any_localizer_and_the_sweep(workdir, tmp_path):
     assert result.returncode != 0 and "--layer=nope" in result.stderr and "no layer named 'nope'" in result.stderr
 
 
+def folder_flags(root) -> list[str]:
+    """The TINY synthetic splits written as a benchmark folder (PNG images and masks)."""
+    for split, per_class in (("train", 8), ("val", 4), ("test", 4)):
+        data = synthetic.generate(split, num_classes=3, images_per_class=per_class, image_size=40)
+        synthetic.write_metadata_folder(data, str(root), split)
+    return ["--dataset=folder", f"--data_root={root}/images", f"--metadata_root={root}/metadata",
+            f"--mask_root={root}/masks", f"--mask_metadata_root={root}/metadata_masks"]
+
+
+def test_a_metadata_folder_gives_the_numbers_of_the_in_memory_split(workdir, tmp_path):
+    flags = folder_flags(tmp_path / "bench")
+    result = run("evaluate.py", f"--checkpoint={workdir}/checkpoints/best.keras", "--image_size=40", *flags,
+                 f"--output_dir={tmp_path}/eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_memory = json.load(open(os.path.join(workdir, "eval_test", "metrics.json")))
+    assert json.load(open(tmp_path / "eval" / "metrics.json")) == from_memory  # same boxes, masks and pixels
+    result = run("train.py", f"--workdir={tmp_path}/run", *TINY, "--epochs=1", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "run" / "eval_test" / "metrics.json"))["model"]
+    assert metrics["num_images"] == 12 and "PxAP" in metrics
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--dataset=folder"], "--dataset=folder needs --data_root and --metadata_root"),
+    (["--dataset=folder", "--data_root=nowhere", "--metadata_root=nowhere"], "nowhere/train/image_ids.txt: file not found"),
+    (["--dataset=imagenet", "--data_root=nowhere"], "--dataset=imagenet"),
+])
+def test_dataset_flags_fail_naming_the_flag_or_file(flags, message, tmp_path):
+    result = run("train.py", f"--workdir={tmp_path}", *TINY, *flags, "--tfds_data_dir=" + str(tmp_path / "tfds"))
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
 @pytest.mark.parametrize("method,flags", [
     ("cams2i", ["--classifier_channels=8", "--inter_dim=4", "--set_size=2", "--sets_per_batch=3"]),
     ("complementary", ["--patch_sizes=32"]),

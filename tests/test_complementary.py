@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import assert_round_trip, changed_weights, mixed_float16
+from helpers import POLICIES, assert_round_trip, changed_weights, precision_policy
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import attention_fusion_per_image
@@ -101,7 +101,7 @@ def test_inference_switches_the_attention_off_unless_asked():
 def test_short_fit_then_save_and_load(tmp_path):
     keras.utils.set_random_seed(5)
     data = synthetic.generate("train", num_classes=4, images_per_class=16, image_size=40)
-    ds = pipeline.training_dataset(data.images, data.labels, 16, seed=0)
+    ds = pipeline.training_dataset(data.as_split(), 16, seed=0)
     model = Complementary(num_classes=4, backbone="small", image_size=40, beta=5.0, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, verbose=0).history
@@ -109,8 +109,9 @@ def test_short_fit_then_save_and_load(tmp_path):
     assert_round_trip(model, tmp_path / "m.keras", data.images[:4], beta=5.0)
 
 
-def test_mixed_precision_losses_stay_float32():
-    with mixed_float16():
+@pytest.mark.parametrize("policy", POLICIES)
+def test_mixed_precision_losses_stay_float32(policy):
+    with precision_policy(policy):
         model, x, y = model_and_batch(6)
         total, parts, _ = model.compute_losses(x, y)
         assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import mixed_float16
+from helpers import POLICIES, precision_policy
 from keras_wsol import evaluation, export, localizers
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.graph_boxes import largest_contour_boxes
@@ -65,9 +65,9 @@ def trained(tmp_path_factory):
     val = synthetic.generate("val", num_classes=3, images_per_class=8, image_size=SIDE, seed=1)
     model = CAM(num_classes=3, backbone="small", image_size=SIDE)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.fit(pipeline.training_dataset(train.images, train.labels, 16, seed=0), epochs=3, verbose=0)
+    model.fit(pipeline.training_dataset(train.as_split(), 16, seed=0), epochs=3, verbose=0)
     localizer = localizers.get_localizer(model, "cam")
-    threshold, _ = export.validation_threshold(localizer, val.images, val.labels, val.boxes)
+    threshold, _ = export.validation_threshold(localizer, val.as_split())
     root = str(tmp_path_factory.mktemp("saved_models"))
     path = export.export_model(model, root, "synthetic", threshold)
     return model, threshold, path
@@ -192,8 +192,9 @@ def test_gradient_localizer_is_baked_in(trained, tmp_path):
     assert json.load(open(tmp_path / "bag" / "1" / export.METADATA_FILE))["layer"] == "mid"
 
 
-def test_mixed_precision_model_exports_float32_outputs(tmp_path):
-    with mixed_float16():
+@pytest.mark.parametrize("policy", POLICIES)
+def test_mixed_precision_model_exports_float32_outputs(policy, tmp_path):
+    with precision_policy(policy):
         model = CAM(num_classes=2, backbone="small", image_size=SIDE)
     loaded = tf.saved_model.load(export.export_model(model, str(tmp_path), "half", 0.5))
     out = loaded.signatures["serving_default"](images=tf.zeros((2, SIDE, SIDE, 3)))

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_round_trip, mixed_float16
+from helpers import POLICIES, assert_round_trip, precision_policy
 from keras_wsol.data import pipeline, synthetic
+from keras_wsol.data.splits import Split
 from keras_wsol.losses import crr_per_set, frr_per_image
 from keras_wsol.methods import MinMaxCAM
 
@@ -26,7 +27,7 @@ def test_crr_and_frr_equal_hand_computed_values():
 def test_class_set_batches_hold_n_distinct_classes_of_s_images():
     labels = np.repeat(np.arange(6), [7, 7, 7, 7, 7, 3])  # class 5 has fewer than S = 4
     images = np.arange(len(labels), dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 3), np.float32)
-    ds = pipeline.class_set_dataset(images, labels, set_size=4, sets_per_batch=3, seed=5, augmented=False)
+    ds = pipeline.class_set_dataset(Split.from_arrays(images, labels), set_size=4, sets_per_batch=3, seed=5, augmented=False)
     seen = set()
     for x, y in ds.take(40):
         x, y = x.numpy(), y.numpy()
@@ -39,7 +40,7 @@ def test_class_set_batches_hold_n_distinct_classes_of_s_images():
             assert len(set(row)) == (3 if c == 5 else 4)  # distinct, except the short class (with replacement)
         seen.update(sets[:, 0])
     assert seen == set(range(6))
-    again = next(iter(pipeline.class_set_dataset(images, labels, 4, 3, seed=5, augmented=False)))[1].numpy()
+    again = next(iter(pipeline.class_set_dataset(Split.from_arrays(images, labels), 4, 3, seed=5, augmented=False)))[1].numpy()
     assert (again == next(iter(ds))[1].numpy()).all()  # reproducible from the seed
     with pytest.raises(ValueError, match="--sets_per_batch=7"):
         pipeline.class_set_indices(labels, 4, 7)
@@ -86,7 +87,7 @@ def test_stage1_changes_the_backbone_and_train_step_runs_both_stages():
 def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
     keras.utils.set_random_seed(2)
     data = synthetic.generate("train", num_classes=4, images_per_class=20, image_size=40)
-    ds = pipeline.class_set_dataset(data.images, data.labels, set_size=4, sets_per_batch=4, seed=0)
+    ds = pipeline.class_set_dataset(data.as_split(), set_size=4, sets_per_batch=4, seed=0)
     model = MinMaxCAM(num_classes=4, backbone="small", image_size=40, set_size=4, lambda_frr=10.0)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, steps_per_epoch=5, verbose=0).history
@@ -95,10 +96,12 @@ def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
     assert int(loaded.stage2_optimizer.iterations) == 20
 
 
-def test_mixed_precision_losses_stay_float32():
-    with mixed_float16():
+@pytest.mark.parametrize("policy", POLICIES)
+def test_mixed_precision_losses_stay_float32(policy):
+    with precision_policy(policy):
         model, x, y = model_and_batch(3)
-        assert isinstance(model.stage2_optimizer, keras.optimizers.LossScaleOptimizer)
+        # float16 needs loss scaling in both stages; bfloat16 has float32's range.
+        assert isinstance(model.stage2_optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
         crr, frr = model.region_losses(x, y)
         assert crr.dtype == "float32" and frr.dtype == "float32"
         logs = model.train_on_batch(x, y, return_dict=True)

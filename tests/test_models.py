@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import POLICIES, precision_policy
 from keras_wsol.backbones import BACKBONES, build_backbone
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.methods import CAM, WSOLModel, get_method
@@ -78,8 +79,20 @@ def test_maps_are_the_classifier_weighted_features():
 def test_short_fit_on_synthetic_data_lowers_the_loss():
     keras.utils.set_random_seed(4)
     data = synthetic.generate("train", num_classes=4, images_per_class=24, image_size=48)
-    ds = pipeline.training_dataset(data.images, data.labels, batch_size=16, seed=0)
+    ds = pipeline.training_dataset(data.as_split(), batch_size=16, seed=0)
     model = CAM(num_classes=4, backbone="small", image_size=48)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, verbose=0).history["loss"]
     assert history[-1] < history[0] * 0.8
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_mixed_precision_cam_keeps_losses_and_maps_float32(policy):
+    data = synthetic.generate("train", num_classes=2, images_per_class=4, image_size=32)
+    with precision_policy(policy):
+        model = CAM(num_classes=2, backbone="small", image_size=32)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        total, _, _ = model.compute_losses(data.images.astype("float32"), data.labels)
+        assert total.dtype == "float32" and model.localization_maps(data.images[:2]).dtype == "float32"
+        losses = [model.train_on_batch(data.images, data.labels, return_dict=True)["loss"] for _ in range(3)]
+    assert np.isfinite(losses).all()

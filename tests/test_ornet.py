@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import assert_round_trip, changed_weights, mixed_float16
+from helpers import POLICIES, assert_round_trip, changed_weights, precision_policy
 from keras_wsol import localizers
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import attentive_erasing
@@ -102,7 +102,7 @@ def test_stage2_starts_from_stage1_weights_and_its_evaluator_is_unchanged_by_a_f
     np.testing.assert_array_equal(np.asarray(model.localization_maps(x)), np.asarray(stage1.localization_maps(x)))
     before = [w.numpy().copy() for w in evaluator.weights]
     data = synthetic.generate("train", num_classes=2, images_per_class=8, image_size=SIZE)
-    model.fit(pipeline.training_dataset(data.images, data.labels, 8, seed=0), epochs=1, verbose=0)
+    model.fit(pipeline.training_dataset(data.as_split(), 8, seed=0), epochs=1, verbose=0)
     assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, evaluator.weights))
     assert not np.array_equal(np.asarray(model.localization_maps(x)), np.asarray(stage1.localization_maps(x)))
 
@@ -137,7 +137,7 @@ def test_bad_settings_fail_clearly():
 def test_short_fits_of_both_stages_then_save_and_load(tmp_path):
     keras.utils.set_random_seed(4)
     data = synthetic.generate("train", num_classes=2, images_per_class=12, image_size=SIZE)
-    ds = pipeline.training_dataset(data.images, data.labels, 8, seed=0)
+    ds = pipeline.training_dataset(data.as_split(), 8, seed=0)
     stage1 = stage1_model(4)
     history = stage1.fit(ds, epochs=3, verbose=0).history
     assert history["loss"][-1] < history["loss"][0]
@@ -153,10 +153,12 @@ def test_short_fits_of_both_stages_then_save_and_load(tmp_path):
     assert np.isfinite(loaded.train_on_batch(data.images[:8], data.labels[:8], return_dict=True)["loss"])
 
 
-def test_mixed_precision_maps_and_losses_stay_float32():
-    with mixed_float16():
-        _, _, model = stage2_model(5)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_mixed_precision_maps_and_losses_stay_float32(policy):
+    with precision_policy(policy):
+        stage1, _, model = stage2_model(5)
         x, y = batch(5)
+        assert np.isfinite(stage1.train_on_batch(x, y, return_dict=True)["loss"])
         _, _, p_a = model.activation_maps(x, training=True)
         assert p_a.dtype == "float32"
         total, parts, _ = model.compute_losses(x, y, training=True)

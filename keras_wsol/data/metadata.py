@@ -35,7 +35,7 @@ class Metadata:
 
     image_ids: list[str]
     labels: dict[str, int]
-    sizes: dict[str, tuple[int, int]]  # (width, height)
+    sizes: dict[str, tuple[int, int]] | None  # (width, height); None when read without localization
     boxes: dict[str, list[tuple[float, float, float, float]]] | None  # box datasets
     mask_paths: dict[str, list[str]] | None  # mask datasets
     ignore_paths: dict[str, str] | None
@@ -69,8 +69,12 @@ def _number(path: str, number: int, text: str, kind: type) -> float | int:
         raise MetadataError(f"{path}:{number}: {text!r} is not a valid {kind.__name__}") from None
 
 
-def read_metadata(metadata_root: str) -> Metadata:
-    """Read one split's metadata folder; raises :class:`MetadataError` naming file and line."""
+def read_metadata(metadata_root: str, localization: bool = True) -> Metadata:
+    """Read one split's metadata folder; raises :class:`MetadataError` naming file and line.
+
+    ``localization=False`` reads ``image_ids.txt`` and ``class_labels.txt``
+    only (a training split needs no boxes or sizes).
+    """
     join = lambda name: os.path.join(metadata_root, name)  # noqa: E731
     image_ids = [parts[0] for _, parts in _lines(join("image_ids.txt"), (1,))]
     known = set(image_ids)
@@ -82,6 +86,9 @@ def read_metadata(metadata_root: str) -> Metadata:
             yield number, parts
 
     labels = {p[0]: int(_number(join("class_labels.txt"), n, p[1], int)) for n, p in keyed("class_labels.txt", (2,))}
+    if not localization:
+        _check_complete(join, image_ids, {"class_labels.txt": labels})
+        return Metadata(image_ids, labels, None, None, None, None)
     sizes = {}
     for n, p in keyed("image_sizes.txt", (3,)):
         w, h = (int(_number(join("image_sizes.txt"), n, v, int)) for v in p[1:])
@@ -113,11 +120,17 @@ def read_metadata(metadata_root: str) -> Metadata:
             else:
                 ignore_paths[p[0]] = p[2]
             mask_paths.setdefault(p[0], []).append(p[1])
-    for name, table in (("class_labels.txt", labels), ("image_sizes.txt", sizes), ("localization.txt", boxes or mask_paths or {})):
+    _check_complete(join, image_ids, {"class_labels.txt": labels, "image_sizes.txt": sizes,
+                                      "localization.txt": boxes or mask_paths or {}})
+    return Metadata(image_ids, labels, sizes, boxes, mask_paths, ignore_paths)
+
+
+def _check_complete(join, image_ids: list[str], tables: dict[str, dict]) -> None:
+    """Every image has a line in each file."""
+    for name, table in tables.items():
         missing = [i for i in image_ids if i not in table]
         if missing:
             raise MetadataError(f"{join(name)}: no line for {len(missing)} image(s), first {missing[0]!r}")
-    return Metadata(image_ids, labels, sizes, boxes, mask_paths, ignore_paths)
 
 
 def _read_mask(path: str, resize_length: int) -> np.ndarray:

@@ -49,6 +49,12 @@ class SyntheticSplit:
     masks: np.ndarray  # [N, S, S] bool
     image_ids: list[str]
 
+    def as_split(self, num_classes: int | None = None):
+        """This split as a :class:`~keras_wsol.data.splits.Split` (what the pipeline and evaluators take)."""
+        from keras_wsol.data.splits import Split
+
+        return Split.from_arrays(self.images, self.labels, self.boxes, self.masks, self.image_ids, num_classes)
+
 
 def badge_of(label: int) -> tuple[np.ndarray, str]:
     """The (colour, shape) that tells class ``label``."""

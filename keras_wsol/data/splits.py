@@ -1,0 +1,138 @@
+"""One split of any dataset source, as the pipeline and the evaluators see it.
+
+A :class:`Split` keeps the annotations in memory (ids, labels, original
+sizes, boxes, a mask reader) and says where the pixels are: an in-memory
+array (the synthetic benchmark), image files (benchmark metadata folders,
+CUB exported from TFDS) or a stream (TFDS ImageNet training images, which
+carry no boxes). :mod:`keras_wsol.data.pipeline` turns any of them into
+``tf.data`` batches.
+
+Example:
+    >>> import numpy as np
+    >>> split = Split.from_arrays(np.zeros((4, 32, 32, 3), np.uint8), np.array([0, 1, 0, 1]))
+    >>> len(split), split.num_classes, split.sizes[0].tolist()
+    (4, 2, [32, 32])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+
+from keras_wsol.data import metadata as metadata_lib
+
+MaskReader = Callable[[int, int], "tuple[np.ndarray, np.ndarray]"]
+
+
+@dataclasses.dataclass
+class Split:
+    """Annotations of one split and the place its pixels come from (exactly one of
+    ``arrays``, ``paths``, ``stream``)."""
+
+    image_ids: list[str]
+    labels: np.ndarray  # [N] int64
+    num_classes: int
+    sizes: np.ndarray | None = None  # [N, 2] (width, height) of the original images
+    boxes: list[np.ndarray] | None = None  # per image [K, 4] inclusive x0, y0, x1, y1 in original pixels
+    masks: MaskReader | None = None  # (index, R) -> (foreground, ignore) boolean R x R masks
+    arrays: np.ndarray | None = None  # [N, S, S, 3] uint8
+    paths: list[str] | None = None  # image files, in image_ids order
+    stream: Callable[[int], object] | None = None  # seed -> tf.data.Dataset of (uint8 image, label), shuffled
+    stream_size: int = 0  # images in the stream (its ids and labels are not listed)
+
+    def __post_init__(self):
+        if sum(x is not None for x in (self.arrays, self.paths, self.stream)) != 1:
+            raise ValueError("a Split needs exactly one of arrays, paths or stream")
+        self.labels = np.asarray(self.labels, np.int64)
+        if self.paths is not None and len(self.paths) != len(self.image_ids):
+            raise ValueError(f"{len(self.image_ids)} image ids but {len(self.paths)} paths")
+        if len(self.labels) != len(self.image_ids):
+            raise ValueError(f"{len(self.image_ids)} image ids but {len(self.labels)} labels")
+        if len(self.labels) and not 0 <= self.labels.min() <= self.labels.max() < self.num_classes:
+            raise ValueError(f"labels must be in [0, {self.num_classes}), got {self.labels.min()}..{self.labels.max()}")
+
+    def __len__(self) -> int:
+        return self.stream_size if self.stream is not None else len(self.image_ids)
+
+    def head(self, count: int) -> Split:
+        """The first ``count`` images (of an indexable split)."""
+        if not self.indexable:
+            raise ValueError("a streamed split has no first images")
+        cut = lambda x: None if x is None else x[:count]  # noqa: E731
+        return dataclasses.replace(self, image_ids=self.image_ids[:count], labels=self.labels[:count],
+                                   sizes=cut(self.sizes), boxes=cut(self.boxes), arrays=cut(self.arrays),
+                                   paths=cut(self.paths))
+
+    @property
+    def indexable(self) -> bool:
+        """Whether image ``i`` can be read on its own (class-set batches need it)."""
+        return self.stream is None
+
+    @property
+    def has_boxes(self) -> bool:
+        return self.boxes is not None and self.sizes is not None
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None = None,
+                    masks: np.ndarray | None = None, image_ids: list[str] | None = None,
+                    num_classes: int | None = None) -> Split:
+        """An in-memory split of square ``[N, S, S, 3]`` images; ``boxes [N, 4]`` and ``masks [N, S, S]`` optional."""
+        import cv2
+
+        labels = np.asarray(labels, np.int64)
+        side = images.shape[1]
+        mask_reader = None
+        if masks is not None:
+            def mask_reader(index: int, resize_length: int):
+                mask = cv2.resize(masks[index].astype(np.float32), (resize_length, resize_length),
+                                  interpolation=cv2.INTER_NEAREST) > 0.5
+                return mask, np.zeros_like(mask)
+        return cls(
+            image_ids=image_ids or [str(i) for i in range(len(labels))],
+            labels=labels,
+            num_classes=num_classes or int(labels.max()) + 1,
+            sizes=np.tile([images.shape[2], side], (len(labels), 1)),
+            boxes=None if boxes is None else [np.asarray(b, np.float64).reshape(-1, 4) for b in boxes],
+            masks=mask_reader,
+            arrays=images,
+        )
+
+
+def metadata_split(data_root: str, split_root: str, mask_root: str | None = None, mask_split_root: str | None = None,
+                   num_classes: int | None = None, localization: bool = True) -> Split:
+    """A split of a benchmark metadata folder (PROTOCOL.md): images under ``data_root``.
+
+    ``localization=False`` reads only ``image_ids.txt`` and
+    ``class_labels.txt`` (training splits need no boxes). A mask split
+    (OpenImages) needs ``mask_root``; a box split may add masks from a
+    second metadata folder of the same images, ``mask_split_root`` (CUB's
+    segmentations). Errors name the file and line.
+    """
+    meta = metadata_lib.read_metadata(split_root, localization=localization)
+    labels = np.array([meta.labels[i] for i in meta.image_ids], np.int64)
+    masks = None
+    mask_meta = meta if meta.is_mask_dataset else None
+    if localization and mask_split_root:
+        mask_meta = metadata_lib.read_metadata(mask_split_root)
+        if mask_meta.image_ids != meta.image_ids or not mask_meta.is_mask_dataset:
+            raise metadata_lib.MetadataError(f"{mask_split_root}: must list masks for the images of {split_root}, "
+                                             "in the same order")
+    if mask_meta is not None:
+        if not mask_root:
+            raise metadata_lib.MetadataError(f"{mask_split_root or split_root}/localization.txt lists "
+                                             "masks: a mask root is needed")
+        masks = lambda index, r: metadata_lib.load_masks(mask_meta, meta.image_ids[index], mask_root, r)  # noqa: E731
+    boxes = None if meta.boxes is None else [np.array(meta.boxes[i], np.float64) for i in meta.image_ids]
+    return Split(
+        image_ids=meta.image_ids,
+        labels=labels,
+        num_classes=num_classes or (int(labels.max()) + 1 if len(labels) else 0),
+        sizes=None if meta.sizes is None else np.array([meta.sizes[i] for i in meta.image_ids], np.int64),
+        boxes=boxes,
+        masks=masks,
+        paths=[os.path.join(data_root, i) for i in meta.image_ids],
+    )
+
