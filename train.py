@@ -2,7 +2,10 @@
 
     python train.py                                  # CAM on the offline synthetic benchmark
     python train.py --method=cam --backbone=mobilenet_v2 --image_size=224 --workdir=runs/mnv2
-    python train.py --flagfile=runs/default/flags.txt   # repeat a run
+    python train.py --flagfile=runs/default/flags.txt   # repeat a run (or resume a killed one)
+    python train.py --dataset=cub --tfds_data_dir=DIR --backbone=vgg16 --weights=imagenet --image_size=224
+    python train.py --dataset=folder --data_root=IMAGES --metadata_root=metadata/CUB --image_size=224
+    python train.py --strategy=mirrored --batch_size=256 ...   # global batch, split over the GPUs
     # ORNet: an evaluator, stage 1, then stage 2 (three workdirs)
     python train.py --method=cam --workdir=runs/evaluator
     python train.py --method=ornet --workdir=runs/ornet_stage1
@@ -12,7 +15,8 @@
 
 Writes to --workdir: flags.txt, checkpoints/{best,last}.keras, log.csv,
 tensorboard/ (with CAM overlays), backup/ (resume), eval_test/ (metrics.json,
-pictures).
+pictures). Run the same command again after a crash and it continues from
+the last finished epoch.
 """
 
 from __future__ import annotations
@@ -92,74 +96,128 @@ def write_flagfile(path: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    import keras
-
-    from keras_wsol import reporting
-    from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger
-    from keras_wsol.data import pipeline, synthetic
+def build_model(train, strategy):
+    """The --method model (or ORNet's stage-2 refinement), built in ``strategy``'s scope."""
+    from keras_wsol.data import pipeline
     from keras_wsol.methods import get_method
 
-    keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
-    workdir = FLAGS.workdir
-    os.makedirs(workdir, exist_ok=True)
-    write_flagfile(os.path.join(workdir, "flags.txt"))
-
-    data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
-    train = data["train"]
     kwargs = wsol_flags.method_kwargs(FLAGS.method)
-    if FLAGS.method == "complementary":
-        # Hide-and-seek fills hidden patches with the dataset's mean pixel.
-        kwargs["hide_fill"] = tuple(float(v) for v in train.images.reshape(-1, 3).mean(axis=0))
-    architecture = dict(num_classes=FLAGS.num_classes, backbone=FLAGS.backbone, image_size=FLAGS.image_size,
+    if FLAGS.method == "complementary" and train.indexable:
+        # Hide-and-seek fills hidden patches with the dataset's mean pixel (a stream keeps the ImageNet mean).
+        kwargs["hide_fill"] = pipeline.mean_pixel(train, FLAGS.image_size)
+    architecture = dict(num_classes=train.num_classes, backbone=FLAGS.backbone, image_size=FLAGS.image_size,
                         head_channels=FLAGS.head_channels)
     refining = FLAGS.method == "ornet" and FLAGS.ornet_stage == 2
     if not refining and (FLAGS.stage1_checkpoint or FLAGS.evaluator_checkpoint):
         raise app.UsageError("--stage1_checkpoint and --evaluator_checkpoint are for --method=ornet --ornet_stage=2")
-    try:
-        if refining:
-            model = build_refinement(architecture, kwargs)
-        else:
-            model = get_method(FLAGS.method)(weights=FLAGS.weights, **architecture, **kwargs)
-    except ValueError as error:
-        raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
-    if model.uses_class_sets:
-        # N classes x S images a batch; --batch_size is for evaluation only.
-        train_batch = FLAGS.set_size * FLAGS.sets_per_batch
+    with strategy.scope():
         try:
-            train_ds = pipeline.class_set_dataset(train.images, train.labels, FLAGS.set_size, FLAGS.sets_per_batch, FLAGS.seed)
+            if refining:
+                return build_refinement(architecture, kwargs)
+            return get_method(FLAGS.method)(weights=FLAGS.weights, **architecture, **kwargs)
         except ValueError as error:
-            raise app.UsageError(str(error)) from None
-    else:
-        train_batch = FLAGS.batch_size
-        train_ds = pipeline.training_dataset(train.images, train.labels, FLAGS.batch_size, FLAGS.seed)
-    steps_per_epoch = len(train.labels) // train_batch
-    if steps_per_epoch == 0:
-        raise app.UsageError(f"the training batch ({train_batch} images) is larger than the training split ({len(train.labels)})")
-    val_ds = pipeline.eval_dataset(data["val"].images, data["val"].labels, FLAGS.batch_size)
+            raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
 
-    compile_kwargs = {}
-    if FLAGS.method == "minmaxcam" and (FLAGS.stage2_optimizer == "sgd" or FLAGS.stage2_learning_rate is not None):
-        compile_kwargs["stage2_optimizer"] = build_optimizer(
-            FLAGS.epochs * steps_per_epoch, FLAGS.stage2_optimizer, FLAGS.stage2_learning_rate)
-    learning_rate = FLAGS.refine_learning_rate if refining else None
-    model.compile(optimizer=build_optimizer(FLAGS.epochs * steps_per_epoch, learning_rate=learning_rate),
-                  jit_compile=FLAGS.jit_compile, **compile_kwargs)
+
+def training_data(model, train, strategy):
+    """``(dataset, steps per epoch)`` for ``fit``."""
+    import tensorflow as tf
+
+    from keras_wsol.data import pipeline
+
+    replicas = strategy.num_replicas_in_sync
+    try:
+        if model.uses_class_sets:
+            # N classes x S images a batch; --batch_size is for evaluation only.
+            if FLAGS.sets_per_batch % replicas:
+                raise ValueError(f"--sets_per_batch={FLAGS.sets_per_batch} must be a multiple of the {replicas} "
+                                 "replicas, so each replica gets whole class sets")
+            batch = FLAGS.set_size * FLAGS.sets_per_batch
+            ds = pipeline.class_set_dataset(train, FLAGS.set_size, FLAGS.sets_per_batch, FLAGS.image_size, FLAGS.seed)
+        else:
+            if FLAGS.batch_size % replicas:
+                raise ValueError(f"--batch_size={FLAGS.batch_size} (global) must be a multiple of the {replicas} replicas")
+            batch = FLAGS.batch_size
+            ds = pipeline.training_dataset(train, batch, FLAGS.image_size, FLAGS.seed, cache=_cache("train"))
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    steps = len(train) // batch
+    if steps == 0:
+        raise app.UsageError(f"the training batch ({batch} images) is larger than the training split ({len(train)})")
+    options = tf.data.Options()
+    # Indexable sources: every worker runs the pipeline and keeps its share of each global batch.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA if train.indexable else tf.data.experimental.AutoShardPolicy.AUTO)
+    return ds.with_options(options), steps
+
+
+def _cache(split: str) -> str | None:
+    """The --cache value for one split: 'memory', or the file prefix with the split's name."""
+    if not FLAGS.cache or FLAGS.cache == "memory":
+        return FLAGS.cache
+    return f"{FLAGS.cache}_{split}"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import shutil
+
+    import keras
+
+    from keras_wsol import distribute, reporting
+    from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss
+    from keras_wsol.data import pipeline, synthetic
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+    try:
+        strategy = distribute.build_strategy(FLAGS.strategy, FLAGS.tpu)
+    except ValueError as error:
+        raise app.UsageError(f"--strategy={FLAGS.strategy}: {error}") from None
+    chief = distribute.is_chief(strategy)
+    # Other workers of a multi-worker run write to a scratch folder of their own, removed at the end.
+    workdir = FLAGS.workdir if chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
+    os.makedirs(workdir, exist_ok=True)
+    if chief:
+        write_flagfile(os.path.join(workdir, "flags.txt"))
+
+    data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
+    train = data["train"]
+    model = build_model(train, strategy)
+    if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
+        distribute.synchronize_batch_norm(model)
+    train_ds, steps_per_epoch = training_data(model, train, strategy)
+    val_ds = pipeline.eval_dataset(data["val"], FLAGS.batch_size, FLAGS.image_size, cache=_cache("val"))
+
+    with strategy.scope():
+        compile_kwargs = {}
+        if FLAGS.method == "minmaxcam" and (FLAGS.stage2_optimizer == "sgd" or FLAGS.stage2_learning_rate is not None):
+            compile_kwargs["stage2_optimizer"] = build_optimizer(
+                FLAGS.epochs * steps_per_epoch, FLAGS.stage2_optimizer, FLAGS.stage2_learning_rate)
+        learning_rate = FLAGS.refine_learning_rate if FLAGS.method == "ornet" and FLAGS.ornet_stage == 2 else None
+        model.compile(optimizer=build_optimizer(FLAGS.epochs * steps_per_epoch, learning_rate=learning_rate),
+                      jit_compile=FLAGS.jit_compile, **compile_kwargs)
     ckpt = os.path.join(workdir, "checkpoints")
     callbacks = [
+        StopOnNonFiniteLoss(ckpt),  # first: nothing saves NaN weights
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
         AtomicCheckpoint(os.path.join(ckpt, "best.keras"), monitor="val_loss", mode="min"),
         AtomicCheckpoint(os.path.join(ckpt, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-        CAMOverlayLogger(os.path.join(workdir, "tensorboard"), data["val"].images[:8], data["val"].labels[:8]),
+        CAMOverlayLogger(os.path.join(workdir, "tensorboard"), pipeline.first_images(data["val"], 8, FLAGS.image_size),
+                         data["val"].labels[:8]),
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=FLAGS.epochs, callbacks=callbacks, verbose=2,
-              steps_per_epoch=steps_per_epoch if model.uses_class_sets else None)  # class sets never end
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=FLAGS.epochs, callbacks=callbacks, verbose=2,
+                  steps_per_epoch=steps_per_epoch if model.uses_class_sets else None)  # class sets never end
+    except FloatingPointError as error:
+        sys.exit(f"train.py: {error}")
+    if not chief:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
 
     if FLAGS.evaluate:
         best = keras.models.load_model(os.path.join(ckpt, "best.keras"))
@@ -172,7 +230,7 @@ def main(argv: list[str]) -> None:
             resize_length=FLAGS.resize_length,
             fixed_threshold=FLAGS.fixed_threshold,
         )
-        print(f"\nTest split ({len(data['test'].labels)} images), {FLAGS.method} / {FLAGS.backbone}:")
+        print(f"\nTest split ({len(data['test'])} images), {FLAGS.method} / {FLAGS.backbone}:")
         print(reporting.format_table(results))
         print(f"\nmetrics and pictures: {out}")
 

@@ -1,4 +1,4 @@
-"""Training callbacks: atomic checkpoints and CAM overlays in TensorBoard.
+"""Training callbacks: atomic checkpoints, a stop on NaN losses, and CAM overlays in TensorBoard.
 
 Example:
     >>> cb = AtomicCheckpoint("/tmp/best.keras", monitor="val_loss", mode="min")
@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -23,8 +24,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
     A run killed mid-save leaves the previous checkpoint intact. Without
     ``monitor`` it saves every epoch (the last checkpoint); with it, only on
-    improvement (the best). A non-finite loss stops training and keeps the
-    last good checkpoint.
+    improvement (the best), writing the best value to ``PATH.json`` so a
+    resumed run (its first epoch is not 0) still compares against it.
     """
 
     def __init__(self, path: str, monitor: str | None = None, mode: str = "min"):
@@ -33,14 +34,17 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.sign = 1.0 if mode == "min" else -1.0
         self.best = math.inf
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        record = self.path + ".json"
+        if self._first_epoch and epoch > 0 and self.monitor and os.path.isfile(record) and os.path.isfile(self.path):
+            with open(record) as f:
+                self.best = self.sign * float(json.load(f)[self.monitor])
+        self._first_epoch = False
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        if not math.isfinite(float(logs.get("loss", 0.0))):
-            self.model.stop_training = True
-            raise FloatingPointError(
-                f"epoch {epoch + 1}: training loss is {logs.get('loss')}; stopped, last good checkpoint kept at {self.path}"
-            )
         if self.monitor is not None:
             value = self.sign * float(logs[self.monitor])
             if not value < self.best:
@@ -50,6 +54,35 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         tmp = self.path + ".tmp.keras"
         self.model.save(tmp)
         os.replace(tmp, self.path)
+        if self.monitor is not None:
+            with open(self.path + ".json.tmp", "w") as f:
+                json.dump({"epoch": epoch + 1, self.monitor: float(logs[self.monitor])}, f)
+            os.replace(self.path + ".json.tmp", self.path + ".json")
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop at the first step whose loss is NaN or infinite, with an error naming the last good checkpoint.
+
+    Put it first among the callbacks: it raises before any of them
+    (backups, checkpoints) can save the broken weights.
+    """
+
+    def __init__(self, checkpoint_dir: str):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"epoch {self.epoch + 1}, step {batch + 1}: the training loss is {loss}; stopped. The checkpoints in "
+                f"{self.checkpoint_dir} and the resume backup are from the last good epoch (try a lower "
+                "--learning_rate).")
 
 
 class CAMOverlayLogger(keras.callbacks.Callback):

@@ -27,10 +27,14 @@ def assert_round_trip(model, path, images, **config):
     return loaded
 
 
+# The mixed-precision policies every method must train under.
+POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
 @contextlib.contextmanager
-def mixed_float16():
-    """Run the block under the ``mixed_float16`` policy, restoring float32 after."""
-    keras.mixed_precision.set_global_policy("mixed_float16")
+def precision_policy(policy: str):
+    """Run the block under the dtype ``policy``, restoring float32 after."""
+    keras.mixed_precision.set_global_policy(policy)
     try:
         yield
     finally:

@@ -205,13 +205,18 @@ class WSOLModel(keras.Model):
         Losses are per-replica shares of the global mean (``replica_mean``), so
         each is scaled by the replica count before the trackers average them.
         """
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        strategy = tf.distribute.get_strategy()
+        replicas = strategy.num_replicas_in_sync
         self.loss_tracker.update_state(loss * replicas)
         self.accuracy.update_state(labels, logits)
         logs = {m.name: m.result() for m in (self.loss_tracker, self.accuracy)}
         for name, value in (parts or {}).items():
             self.part_trackers[name].update_state(value if name in self.replica_constant_parts else value * replicas)
             logs[name] = self.part_trackers[name].result()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 averages multi-worker logs with strategy.reduce("MEAN", axis=0), which needs an
+            # axis to reduce (keras-team/keras#20585): one-element vectors come out as scalars.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
         return logs
 
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
@@ -221,6 +226,25 @@ class WSOLModel(keras.Model):
         """
         logits = self(images, training=training)
         return self.classification_loss(labels, logits), {}, logits
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras's pre-fit build, made to work under MultiWorkerMirroredStrategy.
+
+        Keras 3 reduces the first distributed batch with
+        ``strategy.reduce("MEAN", ...)`` to learn its shapes, which
+        MultiWorkerMirroredStrategy cannot do eagerly ("Attempt to convert a
+        value (PerReplica...)", keras-team/keras#20585). One replica's local
+        batch has the shapes the build needs.
+        """
+        strategy = self._distribute_strategy
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda x: strategy.experimental_local_results(x)[0]
+                    if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         images, labels = data[0], data[1]
