@@ -117,17 +117,20 @@ def _cached(ds: tf.data.Dataset, cache: str | None) -> tf.data.Dataset:
     return ds.cache("" if cache == "memory" else cache)
 
 
-def _examples(split: Split, indices: tf.data.Dataset, image_size: int, seed: int, augmented: bool) -> tf.data.Dataset:
-    """``(image, label)`` for each index of ``indices``, augmented with a per-example stateless seed."""
+def _pairs(split: Split, indices: tf.data.Dataset) -> tf.data.Dataset:
+    """``(uint8 image, label)`` for each index of ``indices``, in order."""
     load = image_loader(split)
     labels = tf.constant(split.labels.astype(np.int32))
+    return indices.map(lambda i: (load(i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE, deterministic=True)
 
-    def example(index, example_seed):
-        image = load(index)
-        image = augment(image, image_size, example_seed) if augmented else resize(image, image_size)
-        return image, tf.gather(labels, index)
 
-    return _with_seeds(indices, seed).map(lambda pair, s: example(pair, s), num_parallel_calls=AUTOTUNE, deterministic=True)
+def _examples(pairs: tf.data.Dataset, image_size: int, seed: int, augmented: bool) -> tf.data.Dataset:
+    """``(image, label)`` pairs augmented with a per-example stateless seed, or resized to ``image_size``."""
+    def example(pair, example_seed):
+        image, label = pair
+        return (augment(image, image_size, example_seed) if augmented else resize(image, image_size)), label
+
+    return _with_seeds(pairs, seed).map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def training_dataset(split: Split, batch_size: int, image_size: int | None = None, seed: int = 0,
@@ -141,23 +144,15 @@ def training_dataset(split: Split, batch_size: int, image_size: int | None = Non
     """
     side = _side(split, image_size)
     if split.stream is not None:
-        ds = _with_seeds(split.stream(seed), seed).map(
-            lambda pair, s: ((augment(pair[0], side, s) if augmented else resize(pair[0], side)), pair[1]),
-            num_parallel_calls=AUTOTUNE)
+        pairs = split.stream(seed)
     elif cache:
-        load = image_loader(split)
-        labels = tf.constant(split.labels.astype(np.int32))
-        base = side if not augmented else training_side(side)
-        stored = tf.data.Dataset.range(len(split)).map(
-            lambda i: (tf.cast(tf.round(resize(load(i), base)), tf.uint8), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
-        stored = _cached(stored, cache).shuffle(min(len(split), CACHED_SHUFFLE_BUFFER), seed=seed)
-        ds = _with_seeds(stored, seed).map(
-            lambda pair, s: ((augment(pair[0], side, s) if augmented else tf.cast(pair[0], tf.float32)), pair[1]),
-            num_parallel_calls=AUTOTUNE)
+        stored = training_side(side) if augmented else side
+        pairs = _pairs(split, tf.data.Dataset.range(len(split))).map(
+            lambda image, label: (tf.cast(tf.round(resize(image, stored)), tf.uint8), label), num_parallel_calls=AUTOTUNE)
+        pairs = _cached(pairs, cache).shuffle(min(len(split), CACHED_SHUFFLE_BUFFER), seed=seed)
     else:
-        indices = tf.data.Dataset.range(len(split)).shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-        ds = _examples(split, indices, side, seed, augmented)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+        pairs = _pairs(split, tf.data.Dataset.range(len(split)).shuffle(len(split), seed=seed, reshuffle_each_iteration=True))
+    return _examples(pairs, side, seed, augmented).batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def class_set_indices(labels: np.ndarray, set_size: int, sets_per_batch: int, seed: int = 0) -> tf.data.Dataset:
@@ -218,17 +213,15 @@ def class_set_dataset(split: Split, set_size: int, sets_per_batch: int, image_si
         raise ValueError("class-set batches read images by index: a streamed TFDS split cannot give them; "
                          "use --dataset=folder with the benchmark's train metadata")
     indices = class_set_indices(split.labels, set_size, sets_per_batch, seed).unbatch()
-    ds = _examples(split, indices, _side(split, image_size), seed, augmented)
+    ds = _examples(_pairs(split, indices), _side(split, image_size), seed, augmented)
     return ds.batch(set_size * sets_per_batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def eval_dataset(split: Split, batch_size: int, image_size: int | None = None, cache: str | None = None) -> tf.data.Dataset:
     """``(image, label)`` batches in order: each whole image resized to ``image_size``, no augmentation."""
     side = _side(split, image_size)
-    load = image_loader(split)
-    labels = tf.constant(split.labels.astype(np.int32))
-    ds = tf.data.Dataset.range(len(split)).map(lambda i: (resize(load(i), side), tf.gather(labels, i)),
-                                                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = _pairs(split, tf.data.Dataset.range(len(split))).map(
+        lambda image, label: (resize(image, side), label), num_parallel_calls=AUTOTUNE, deterministic=True)
     return _cached(ds, cache).batch(batch_size).prefetch(AUTOTUNE)
 
 
