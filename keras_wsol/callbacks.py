@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_wsol import visualize
+from keras_wsol.reporting import write_json
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -55,9 +56,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.model.save(tmp)
         os.replace(tmp, self.path)
         if self.monitor is not None:
-            with open(self.path + ".json.tmp", "w") as f:
-                json.dump({"epoch": epoch + 1, self.monitor: float(logs[self.monitor])}, f)
-            os.replace(self.path + ".json.tmp", self.path + ".json")
+            write_json({"epoch": epoch + 1, self.monitor: float(logs[self.monitor])}, self.path + ".json")
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

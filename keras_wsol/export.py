@@ -88,13 +88,11 @@ def validation_threshold(localizer: localizers.Localizer, split, cam_curve_inter
         raise ValueError("the box threshold is chosen on a split with boxes; this one has none")
     side = int(localizer.model.image_size)
     evaluator = evaluation.BoxEvaluator(cam_curve_interval, resize_length=side)
-    seen = 0
+    gt_boxes, seen = split.resized_boxes(side), 0
     for images, labels in pipeline.eval_dataset(split, batch_size, side):
         raw, _ = localizer.raw_maps(images.numpy(), labels.numpy())
         maps = np.asarray(upsample_normalized(raw, (side, side)))
-        gt = [np.array([evaluation.resize_box(b, size, side) for b in boxes])
-              for boxes, size in zip(split.boxes[seen : seen + len(maps)], split.sizes[seen : seen + len(maps)])]
-        evaluator.update(maps, gt)
+        evaluator.update(maps, gt_boxes[seen : seen + len(maps)])
         seen += len(maps)
     result = evaluator.result()
     return float(result["MaxBoxAcc_threshold"]), float(result["MaxBoxAcc"])

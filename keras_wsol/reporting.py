@@ -54,10 +54,7 @@ class SplitEvaluation:
         self.gt_boxes = None
         self.boxes = None
         if split.has_boxes:
-            self.gt_boxes = [
-                np.array([evaluation.resize_box(b, size, resize_length) for b in boxes], np.int64)
-                for boxes, size in zip(split.boxes, split.sizes)
-            ]
+            self.gt_boxes = split.resized_boxes(resize_length)
             self.boxes = evaluation.BoxEvaluator(cam_curve_interval, resize_length=resize_length, fixed_threshold=fixed_threshold)
         self.masks = evaluation.MaskEvaluator(cam_curve_interval, resize_length) if split.masks is not None else None
         self.seen = 0

@@ -133,11 +133,38 @@ def _check_complete(join, image_ids: list[str], tables: dict[str, dict]) -> None
             raise MetadataError(f"{join(name)}: no line for {len(missing)} image(s), first {missing[0]!r}")
 
 
+def resize_mask(mask: np.ndarray, resize_length: int) -> np.ndarray:
+    """The protocol's mask rule: as float, nearest-neighbour resize to ``R x R``, then ``> 0.5``.
+
+    >>> int(resize_mask(np.array([[0, 255], [0, 0]], np.uint8), 4).sum())
+    4
+    """
+    return cv2.resize(mask.astype(np.float32), (resize_length, resize_length), interpolation=cv2.INTER_NEAREST) > 0.5
+
+
 def _read_mask(path: str, resize_length: int) -> np.ndarray:
     mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise MetadataError(f"{path}: missing or not an image")
-    return cv2.resize(mask.astype(np.float32), (resize_length, resize_length), interpolation=cv2.INTER_NEAREST) > 0.5
+    return resize_mask(mask, resize_length)
+
+
+def write_split(folder: str, image_ids: list[str], labels, sizes, localization: list[str]) -> None:
+    """Write one split's metadata folder, the inverse of :func:`read_metadata`.
+
+    ``sizes`` are ``(width, height)``; ``localization`` holds the
+    ``localization.txt`` lines (boxes or masks) after the image id.
+    """
+    os.makedirs(folder, exist_ok=True)
+    files = {
+        "image_ids.txt": list(image_ids),
+        "class_labels.txt": [f"{i},{int(c)}" for i, c in zip(image_ids, labels)],
+        "image_sizes.txt": [f"{i},{int(w)},{int(h)}" for i, (w, h) in zip(image_ids, sizes)],
+        "localization.txt": list(localization),
+    }
+    for name, lines in files.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 def load_masks(meta: Metadata, image_id: str, mask_root: str, resize_length: int) -> tuple[np.ndarray, np.ndarray]:

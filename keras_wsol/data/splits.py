@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from keras_wsol.data import metadata as metadata_lib
+from keras_wsol.evaluation import resize_box
 
 MaskReader = Callable[[int, int], "tuple[np.ndarray, np.ndarray]"]
 
@@ -75,20 +76,22 @@ class Split:
     def has_boxes(self) -> bool:
         return self.boxes is not None and self.sizes is not None
 
+    def resized_boxes(self, resize_length: int) -> list[np.ndarray]:
+        """Each image's boxes ``[K, 4]`` scaled from its original size to ``R x R`` the protocol's way."""
+        return [np.array([resize_box(b, size, resize_length) for b in boxes], np.int64)
+                for boxes, size in zip(self.boxes, self.sizes)]
+
     @classmethod
     def from_arrays(cls, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None = None,
                     masks: np.ndarray | None = None, image_ids: list[str] | None = None,
                     num_classes: int | None = None) -> Split:
         """An in-memory split of square ``[N, S, S, 3]`` images; ``boxes [N, 4]`` and ``masks [N, S, S]`` optional."""
-        import cv2
-
         labels = np.asarray(labels, np.int64)
         side = images.shape[1]
         mask_reader = None
         if masks is not None:
             def mask_reader(index: int, resize_length: int):
-                mask = cv2.resize(masks[index].astype(np.float32), (resize_length, resize_length),
-                                  interpolation=cv2.INTER_NEAREST) > 0.5
+                mask = metadata_lib.resize_mask(masks[index], resize_length)
                 return mask, np.zeros_like(mask)
         return cls(
             image_ids=image_ids or [str(i) for i in range(len(labels))],

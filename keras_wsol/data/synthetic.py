@@ -24,6 +24,8 @@ import os
 import cv2
 import numpy as np
 
+from keras_wsol.data import metadata
+
 SPLITS = ("train", "val", "test")
 # Saturated badge colours (RGB), one per class up to 12 classes, then reused
 # with another shape.
@@ -161,8 +163,6 @@ def write_metadata_folder(split: SyntheticSplit, root: str, split_name: str) -> 
     """
     box_dir = os.path.join(root, "metadata", split_name)
     mask_dir = os.path.join(root, "metadata_masks", split_name)
-    for d in (box_dir, mask_dir):
-        os.makedirs(d, exist_ok=True)
     size = split.images.shape[1]
     for image_id, image, mask in zip(split.image_ids, split.images, split.masks):
         for sub, pixels in (("images", image[..., ::-1]), ("masks", mask.astype(np.uint8) * 255)):
@@ -171,14 +171,8 @@ def write_metadata_folder(split: SyntheticSplit, root: str, split_name: str) -> 
             if not cv2.imwrite(path, pixels):
                 raise OSError(f"could not write {path}")
     ids = split.image_ids
-    common = {
-        "image_ids.txt": [i for i in ids],
-        "class_labels.txt": [f"{i},{int(c)}" for i, c in zip(ids, split.labels)],
-        "image_sizes.txt": [f"{i},{size},{size}" for i in ids],
-    }
+    sizes = [(size, size)] * len(ids)
     boxes = [f"{i},{b[0]},{b[1]},{b[2]},{b[3]}" for i, b in zip(ids, split.boxes)]
     masks = [f"{i},{i}," for i in ids]
-    for d, localization in ((box_dir, boxes), (mask_dir, masks)):
-        for name, lines in {**common, "localization.txt": localization}.items():
-            with open(os.path.join(d, name), "w") as f:
-                f.write("\n".join(lines) + "\n")
+    for folder, localization in ((box_dir, boxes), (mask_dir, masks)):
+        metadata.write_split(folder, ids, split.labels, sizes, localization)

@@ -25,6 +25,7 @@ import shutil
 
 import numpy as np
 
+from keras_wsol.data import metadata
 from keras_wsol.data.splits import Split, metadata_split
 
 CUB_SPLITS = ("train", "val", "test")
@@ -46,13 +47,6 @@ def cub_box_line(image_id: str, bbox, width: int, height: int) -> str:
     ymin, xmin, ymax, xmax = (float(v) for v in bbox)
     coords = (xmin * width, ymin * height, xmax * width, ymax * height)
     return ",".join([image_id, *(_coordinate(v) for v in coords)])
-
-
-def _write_lines(folder: str, files: dict[str, list[str]]) -> None:
-    os.makedirs(folder, exist_ok=True)
-    for name, lines in files.items():
-        with open(os.path.join(folder, name), "w") as f:
-            f.write("\n".join(lines) + "\n")
 
 
 def export_cub(builder, root: str, val_per_class: int, seed: int = 0) -> None:
@@ -90,14 +84,10 @@ def export_cub(builder, root: str, val_per_class: int, seed: int = 0) -> None:
         "test": records["test"],
     }
     for name, rows in splits.items():
-        common = {
-            "image_ids.txt": [r[0] for r in rows],
-            "class_labels.txt": [f"{r[0]},{r[1]}" for r in rows],
-            "image_sizes.txt": [f"{r[0]},{r[2]},{r[3]}" for r in rows],
-        }
-        _write_lines(os.path.join(root, "metadata", name), {**common, "localization.txt": [r[4] for r in rows]})
-        masks = [f"{r[0]},{os.path.splitext(r[0])[0]}.png," for r in rows]
-        _write_lines(os.path.join(root, "metadata_masks", name), {**common, "localization.txt": masks})
+        ids, labels, sizes = [r[0] for r in rows], [r[1] for r in rows], [(r[2], r[3]) for r in rows]
+        masks = [f"{i},{os.path.splitext(i)[0]}.png," for i in ids]
+        for sub, localization in (("metadata", [r[4] for r in rows]), ("metadata_masks", masks)):
+            metadata.write_split(os.path.join(root, sub, name), ids, labels, sizes, localization)
 
 
 def prepare_cub(data_dir: str | None, manual_dir: str | None = None, val_per_class: int = 5, seed: int = 0) -> str:
