@@ -39,3 +39,12 @@ def precision_policy(policy: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def assert_float32_losses_and_finite_step(model, x, y) -> dict:
+    """Under the current policy: the loss and each logged part are float32, and a train step logs finite values."""
+    total, parts, _ = model.compute_losses(x, y, training=True)
+    assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    return logs

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import POLICIES, assert_round_trip, changed_weights, precision_policy
+from helpers import POLICIES, assert_float32_losses_and_finite_step, assert_round_trip, changed_weights, precision_policy
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import attention_fusion_per_image
@@ -113,6 +113,4 @@ def test_short_fit_then_save_and_load(tmp_path):
 def test_mixed_precision_losses_stay_float32(policy):
     with precision_policy(policy):
         model, x, y = model_and_batch(6)
-        total, parts, _ = model.compute_losses(x, y)
-        assert total.dtype == "float32" and all(v.dtype == "float32" for v in parts.values())
-        assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
+        assert_float32_losses_and_finite_step(model, x, y)
