@@ -36,6 +36,8 @@ def build_optimizer(steps: int, kind: str = "same", learning_rate: float | None 
     """The optimizer of --optimizer (or ``kind``) with the --lr_schedule over ``steps`` updates."""
     import keras
 
+    from keras_wsol import optimizers
+
     kind = FLAGS.optimizer if kind == "same" else kind
     lr = FLAGS.learning_rate if learning_rate is None else learning_rate
     if FLAGS.lr_schedule == "cosine":
@@ -44,11 +46,12 @@ def build_optimizer(steps: int, kind: str = "same", learning_rate: float | None 
         lr = keras.optimizers.schedules.PiecewiseConstantDecay(
             [int(steps * 0.5), int(steps * 0.75)], [lr, lr * 0.1, lr * 0.01]
         )
+    decay = dict(weight_decay=FLAGS.weight_decay or None, coupled_weight_decay=FLAGS.coupled_weight_decay)
     if kind == "sgd":
-        return keras.optimizers.SGD(lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay or None)
+        return optimizers.SGD(lr, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov, **decay)
     if kind == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=FLAGS.weight_decay)
-    return keras.optimizers.Adam(lr)
+        return optimizers.AdamW(lr, **{**decay, "weight_decay": FLAGS.weight_decay})
+    return optimizers.Adam(lr, **decay)
 
 
 def load_checkpoint(flag: str):
@@ -87,6 +90,13 @@ def build_refinement(architecture: dict, kwargs: dict):
                              f"--evaluator_checkpoint={FLAGS.evaluator_checkpoint}: {error}") from None
 
 
+def backbone_lr_multiplier() -> float:
+    """--backbone_lr_multiplier, or the papers' 0.1 for pretrained --weights and 1 from random weights."""
+    if FLAGS.backbone_lr_multiplier is not None:
+        return FLAGS.backbone_lr_multiplier
+    return 1.0 if FLAGS.weights in ("none", "") else 0.1
+
+
 def write_flagfile(path: str) -> None:
     """Save the non-default flags of this run so it can be repeated with --flagfile."""
     lines = [f.serialize() for module in (sys.argv[0], "flags") for f in FLAGS.get_flags_for_module(module)]
@@ -107,6 +117,7 @@ def build_model(train, strategy):
         kwargs["hide_fill"] = pipeline.mean_pixel(train, FLAGS.image_size)
     architecture = dict(num_classes=train.num_classes, backbone=FLAGS.backbone, image_size=FLAGS.image_size,
                         head_channels=FLAGS.head_channels)
+    kwargs["backbone_lr_multiplier"] = backbone_lr_multiplier()
     refining = FLAGS.method == "ornet" and FLAGS.ornet_stage == 2
     if not refining and (FLAGS.stage1_checkpoint or FLAGS.evaluator_checkpoint):
         raise app.UsageError("--stage1_checkpoint and --evaluator_checkpoint are for --method=ornet --ornet_stage=2")

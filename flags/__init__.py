@@ -225,8 +225,16 @@ def define_train_flags() -> None:
     flags.DEFINE_enum("optimizer", "adam", ("adam", "adamw", "sgd"), "Optimizer.")
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0)
     flags.DEFINE_enum("lr_schedule", "cosine", ("constant", "cosine", "step"), "Learning-rate schedule over training.")
-    flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw, sgd).", lower_bound=0)
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 0.0, "Weight decay: decoupled (adamw, sgd) unless --coupled_weight_decay.",
+                       lower_bound=0)
+    flags.DEFINE_boolean("coupled_weight_decay", False, "Add weight_decay * w to the gradient (L2, PyTorch's SGD and "
+                         "Adam, the official codes' choice) instead of Keras' decoupled decay.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum (PyTorch's form: the buffer holds gradients, not steps).",
+                       lower_bound=0, upper_bound=1)
+    flags.DEFINE_boolean("nesterov", False, "SGD with Nesterov momentum (the official MinMaxCAM code).")
+    flags.DEFINE_float("backbone_lr_multiplier", None, "The backbone's learning rate relative to the new layers', for "
+                       "every optimizer a method builds. Default: 0.1 with pretrained --weights (the papers: backbone "
+                       "1e-4, new layers 1e-3), 1 from random weights.", lower_bound=0)
     flags.DEFINE_integer("seed", 0, "Random seed for weights, shuffling and augmentation.")
     flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_float16", "mixed_bfloat16"), "Keras dtype policy "
                       "(losses and CAM arithmetic stay float32).")

@@ -22,6 +22,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_wsol.backbones import build_backbone
+from keras_wsol.optimizers import set_lr_multipliers
 
 
 def replica_mean(per_example: tf.Tensor) -> tf.Tensor:
@@ -80,6 +81,10 @@ class WSOLModel(keras.Model):
             used again when a saved model is loaded.
         head_channels: if > 0, a 3x3 conv + ReLU of this width between the
             backbone and GAP (the 1024-channel head of VGG16 CAM).
+        backbone_lr_multiplier: the backbone's learning rate relative to the
+            new layers' (0.1 when fine-tuning ImageNet weights, as every paper
+            here does: backbone 1e-4, new layers 1e-3); applied by ``compile``
+            to every optimizer the model steps (:mod:`keras_wsol.optimizers`).
     """
 
     def __init__(
@@ -89,9 +94,13 @@ class WSOLModel(keras.Model):
         image_size: int = 96,
         weights: str | None = None,
         head_channels: int = 0,
+        backbone_lr_multiplier: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not backbone_lr_multiplier >= 0:
+            raise ValueError(f"backbone_lr_multiplier={backbone_lr_multiplier}: a non-negative factor")
+        self.backbone_lr_multiplier = float(backbone_lr_multiplier)
         self.num_classes = num_classes
         self.backbone_name = backbone
         self.image_size = image_size
@@ -186,6 +195,15 @@ class WSOLModel(keras.Model):
         return zero + (ops.cast(images, "float32") - zero) * ops.cast(maps, "float32")[..., None]
 
     # -- training ------------------------------------------------------------
+    def lr_multipliers(self) -> list[tuple[keras.Variable, float]]:
+        """``(variable, learning-rate multiplier)`` pairs: the backbone's weights at ``backbone_lr_multiplier``."""
+        return [(v, self.backbone_lr_multiplier) for v in self.backbone.trainable_variables]
+
+    def compile(self, optimizer="rmsprop", **kwargs):
+        """As ``keras.Model.compile``; the optimizer gets the model's parameter groups (:meth:`lr_multipliers`)."""
+        super().compile(optimizer=optimizer, **kwargs)
+        set_lr_multipliers(self.optimizer, self.lr_multipliers())
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.accuracy, *self.part_trackers.values()]
@@ -269,6 +287,7 @@ class WSOLModel(keras.Model):
             "image_size": self.image_size,
             "weights": self.weights_source,
             "head_channels": self.head_channels,
+            "backbone_lr_multiplier": self.backbone_lr_multiplier,
         }
 
     @classmethod

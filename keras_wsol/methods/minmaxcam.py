@@ -40,6 +40,7 @@ from keras import ops
 
 from keras_wsol.losses import crr_per_set, frr_per_image
 from keras_wsol.methods.base import WSOLModel, class_channel, minmax_normalize, replica_mean
+from keras_wsol.optimizers import set_lr_multipliers
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -77,6 +78,7 @@ class MinMaxCAM(WSOLModel):
             stage2_optimizer = keras.optimizers.LossScaleOptimizer(stage2_optimizer)
         self.stage2_optimizer = stage2_optimizer
         self.stage2_optimizer.build([self.classifier.kernel])
+        set_lr_multipliers(self.stage2_optimizer, self.lr_multipliers())
 
     def compile_from_config(self, config: dict) -> None:
         """Recompile a loaded model through this class's ``compile`` (building both optimizers)."""
