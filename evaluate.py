@@ -8,6 +8,8 @@
         [--cam_curve_interval=0.01] [--resize_length=224] --output_json=FILE
     python evaluate.py --workdir=runs/default --export [--localizer=... --layer=...] \\
         [--export_dir=saved_models] [--model_name=NAME] [--version=N]
+    python evaluate.py --images=a.jpg,b.png --imagenet=efficientnet_lite0 --localizer=bagcams [--layer=...]
+    python evaluate.py --images=a.jpg --workdir=runs/default [--box_threshold=0.2]
 
 The first prints the table (model and trivial baselines) and writes
 metrics.json and pictures to --output_dir (default WORKDIR/eval_SPLIT, or
@@ -17,7 +19,10 @@ only at the classifier's layer) and writes localizers.json. The last
 reads ``<scoremap_root>/<image_id>.npy`` for every line of
 image_ids.txt and needs no model. ``--export`` writes a TF Serving
 SavedModel (keras_wsol.export) to EXPORT_DIR/MODEL_NAME/VERSION, with the box
-threshold chosen on the val split.
+threshold chosen on the val split. ``--images`` localizes image files with an
+ImageNet classifier (--imagenet, offline weights) or a trained checkpoint:
+top-5 classes and a box per file, and an overlay PNG in --output_dir (default
+WORKDIR/images, or ./localized_images).
 """
 
 from __future__ import annotations
@@ -51,6 +56,13 @@ flags.DEFINE_float("export_threshold", None, "Export: box threshold tau in [0, 1
 flags.DEFINE_list("compare_workdirs", [], "Also draw these train.py workdirs' BoxAcc-versus-threshold curves "
                   "(their own maps, single contour, IoU 0.5) with this one's: box_acc_compare.png and "
                   "threshold_curves.json in the output folder. They must have been trained on the same data.")
+flags.DEFINE_list("images", [], "Localize these image files (any size; JPEG, PNG, GIF, BMP): print the top-5 "
+                  "classes and a box, write an overlay PNG each.")
+flags.DEFINE_enum("imagenet", None, ("efficientnet_lite0",), "--images: an ImageNet classifier with offline "
+                  "weights (keras_wsol.pretrained) instead of a checkpoint; --image_size defaults to 224 for it.")
+flags.DEFINE_bool("imagenet_surgery", False, "--imagenet: run the last stride-2 stage at stride 1 (finer maps).")
+flags.DEFINE_float("box_threshold", 0.2, "--images: box threshold tau on the min-max normalized map (CAM's fixed "
+                   "20%, Zhou et al. 2016).", lower_bound=0, upper_bound=0.999)
 flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
 flags.DEFINE_string("output_json", None, "Evaluator-only mode: where to write the metrics.")
 FLAGS = flags.FLAGS
@@ -88,6 +100,51 @@ def evaluate_scoremap_folder() -> dict:
             boxes = np.array([evaluation.resize_box(b, meta.sizes[image_id], r) for b in meta.boxes[image_id]])
             evaluator.update(scoremap[None], [boxes])
     return evaluator.result()
+
+
+def localize_images(options: dict) -> None:
+    """``--images``: top-5 classes, a box and an overlay per file, from --imagenet or a checkpoint."""
+    from keras_wsol import image_files, pretrained
+
+    missing = [path for path in FLAGS.images if not os.path.isfile(path)]
+    if missing:
+        raise app.UsageError(f"--images: no such file: {', '.join(missing)}")
+    if FLAGS.imagenet:
+        try:
+            model = pretrained.imagenet_classifier(FLAGS.imagenet, FLAGS.image_size if FLAGS["image_size"].present
+                                                   else 224, surgery=FLAGS.imagenet_surgery)
+        except RuntimeError as error:
+            raise app.UsageError(f"--imagenet={FLAGS.imagenet}: {error}") from None
+        names = pretrained.imagenet_class_names()
+        out = FLAGS.output_dir or "localized_images"
+    else:
+        if not (FLAGS.workdir or FLAGS.checkpoint):
+            raise app.UsageError("--images needs --imagenet=NETWORK, --workdir or --checkpoint")
+        model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
+        names = None
+        out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), "images")
+    try:
+        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
+        found = image_files.localize_files(localizer, FLAGS.images, names, FLAGS.box_threshold, out)
+    except ValueError as error:
+        raise app.UsageError(f"--images --localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
+    for item in found:
+        x0, y0, x1, y1 = (int(v) for v in item.box)
+        print(f"{item.path}: box x0={x0} y0={y0} x1={x1} y1={y1} (tau {item.threshold:g}, {localizer.name} at "
+              f"{localizer.layer}); overlay {item.overlay}")
+        for rank, (k, name, p) in enumerate(item.top, 1):
+            print(f"  {rank}. {name} ({k}) {100 * p:.1f}%")
+
+
+def load_model(checkpoint: str):
+    """A checkpoint as a Keras model; a missing file is an error naming it."""
+    import keras
+
+    import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
+
+    if not os.path.isfile(checkpoint):
+        raise app.UsageError(f"no checkpoint at {checkpoint}")
+    return keras.models.load_model(checkpoint), checkpoint
 
 
 def best_checkpoint(workdir: str) -> str:
@@ -186,21 +243,21 @@ def main(argv: list[str]) -> None:
         reporting.write_json(result, FLAGS.output_json)
         print(reporting.format_table({"score maps": result}))
         return
+    options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
+    if FLAGS.images:
+        if "all" in (FLAGS.localizer, FLAGS.layer):
+            raise app.UsageError("--images takes one --localizer and one --layer, not all")
+        localize_images(options)
+        return
     if not (FLAGS.workdir or FLAGS.checkpoint):
-        raise app.UsageError("pass --workdir (or --checkpoint), or --scoremap_root/--metadata_root/--output_json")
+        raise app.UsageError("pass --workdir (or --checkpoint), --images, or --scoremap_root/--metadata_root/--output_json")
     if FLAGS.workdir:
         # The dataset flags of the training run, unless given on this command line.
         for name, value in run_data_flags(FLAGS.workdir).items():
             if not FLAGS[name].present:
                 FLAGS[name].parse(value)
-    import keras
-
-    checkpoint = FLAGS.checkpoint or best_checkpoint(FLAGS.workdir)
-    if not os.path.isfile(checkpoint):
-        raise app.UsageError(f"no checkpoint at {checkpoint}")
-    model = keras.models.load_model(checkpoint)
+    model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
     base = FLAGS.workdir or os.path.dirname(checkpoint)
-    options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
     protocol = dict(cam_curve_interval=FLAGS.cam_curve_interval, resize_length=FLAGS.resize_length,
                     fixed_threshold=FLAGS.fixed_threshold)
     try:
