@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_wsol import visualize
-from keras_wsol.reporting import write_json
+from keras_wsol.atomic import replacing, write_json
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -51,10 +51,8 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             if not value < self.best:
                 return
             self.best = value
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = self.path + ".tmp.keras"
-        self.model.save(tmp)
-        os.replace(tmp, self.path)
+        with replacing(self.path, ".keras") as tmp:  # Keras saves only to names ending in .keras
+            self.model.save(tmp)
         if self.monitor is not None:
             write_json({"epoch": epoch + 1, self.monitor: float(logs[self.monitor])}, self.path + ".json")
 
@@ -81,7 +79,8 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             raise FloatingPointError(
                 f"epoch {self.epoch + 1}, step {batch + 1}: the training loss is {loss}; stopped. The checkpoints in "
                 f"{self.checkpoint_dir} and the resume backup are from the last good epoch (try a lower "
-                "--learning_rate).")
+                "--learning_rate)."
+            )
 
 
 class CAMOverlayLogger(keras.callbacks.Callback):

@@ -18,8 +18,59 @@ import os
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def replica_mean(per_example: tf.Tensor) -> tf.Tensor:
+    """Mean over the global batch: per-replica sum / (replica batch x replicas).
+
+    Under ``tf.distribute`` the optimizer sums gradients over replicas, so
+    each replica's loss is scaled by the global batch size.
+    """
+    per_example = ops.cast(per_example, "float32")
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return ops.sum(per_example) / ops.cast(ops.shape(per_example)[0] * replicas, "float32")
+
+
+def multi_worker_logs(logs: dict) -> dict:
+    """A train or test step's logs in the form Keras 3's ``fit`` can reduce under MultiWorkerMirroredStrategy.
+
+    Keras averages multi-worker logs with ``strategy.reduce("MEAN", axis=0)``,
+    which needs an axis to reduce (keras-team/keras#20585): one-element
+    vectors come out as scalars. Other strategies get ``logs`` unchanged.
+    """
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
+
+
+class MultiWorkerFit:
+    """Mixin for a ``keras.Model``: Keras' pre-fit build made to work under MultiWorkerMirroredStrategy.
+
+    Keras 3 reduces the first distributed batch with
+    ``strategy.reduce("MEAN", ...)`` to learn its shapes, which
+    MultiWorkerMirroredStrategy cannot do eagerly ("Attempt to convert a
+    value (PerReplica...)", keras-team/keras#20585). One replica's local
+    batch has the shapes the build needs.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda x: (
+                        strategy.experimental_local_results(x)[0]
+                        if isinstance(x, tf.distribute.DistributedValues)
+                        else x
+                    ),
+                    next(it),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 def build_strategy(kind: str, tpu: str | None = None) -> tf.distribute.Strategy:
@@ -46,7 +97,9 @@ def worker_id() -> int | None:
     task = config.get("task", {})
     if not task:
         return None
-    return int(task.get("index", 0)) + (1 if task.get("type") == "worker" and "chief" in config.get("cluster", {}) else 0)
+    return int(task.get("index", 0)) + (
+        1 if task.get("type") == "worker" and "chief" in config.get("cluster", {}) else 0
+    )
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -25,13 +25,38 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from keras_wsol.data.metadata import resize_box  # noqa: F401  (the protocol's box rule, used with the evaluators)
+
 IOU_THRESHOLDS = (30, 50, 70)
 DEFAULT_RESIZE_LENGTH = 224
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The protocol's settings, one value for every evaluation of a run.
+
+    Attributes:
+        cam_curve_interval: spacing of the taus (0.01, or 0.001 in the field).
+        resize_length: ``R``; score maps and boxes are evaluated at ``R x R``.
+        fixed_threshold: a tau also reported on its own (older papers: 0.2).
+
+    >>> Protocol().resize_length, Protocol(cam_curve_interval=0.001).taus()[:2].tolist()
+    (224, [0.0, 0.001])
+    """
+
+    cam_curve_interval: float = 0.01
+    resize_length: int = DEFAULT_RESIZE_LENGTH
+    fixed_threshold: float = 0.2
+
+    def taus(self) -> np.ndarray:
+        """The thresholds ``0, interval, ...`` below 1."""
+        return threshold_list(self.cam_curve_interval)
 
 
 def threshold_list(cam_curve_interval: float) -> np.ndarray:
@@ -86,23 +111,7 @@ def check_scoremap(scoremap: np.ndarray, resize_length: int, where: str = "score
     if np.isnan(scoremap).any():
         raise ValueError(f"{where}: score map contains NaN")
     if scoremap.min() < 0 or scoremap.max() > 1:
-        raise ValueError(
-            f"{where}: score map values must lie in [0, 1], got [{scoremap.min()}, {scoremap.max()}]"
-        )
-
-
-def resize_box(box: Sequence[float], image_size: tuple[int, int], resize_length: int) -> tuple[int, int, int, int]:
-    """Scale an inclusive ``x0, y0, x1, y1`` box of a ``(width, height)`` image to ``R x R``.
-
-    Float division, then truncation (not rounding), as the reference does.
-
-    >>> resize_box((10, 10, 99, 49), (100, 50), 224)
-    (22, 44, 221, 219)
-    """
-    x0, y0, x1, y1 = map(float, box)
-    width, height = map(float, image_size)
-    r = float(resize_length)
-    return int(x0 * r / width), int(y0 * r / height), int(x1 * r / width), int(y1 * r / height)
+        raise ValueError(f"{where}: score map values must lie in [0, 1], got [{scoremap.min()}, {scoremap.max()}]")
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -237,9 +246,7 @@ class ContourBoxes:
         return order[first]
 
 
-def best_ious(
-    scoremap: np.ndarray, taus: np.ndarray, gt_boxes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def best_ious(scoremap: np.ndarray, taus: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Best IoU with any GT box at each tau, single- and multi-contour modes.
 
     Args:

@@ -54,12 +54,12 @@ import re
 import shutil
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_wsol import localizers
+from keras_wsol.evaluation import Protocol
 from keras_wsol.graph_boxes import largest_contour_boxes
-from keras_wsol.methods.base import upsample_normalized
+from keras_wsol.maps import upsample_normalized
 
 SIGNATURES = ("serving_default", "localize_encoded")
 METADATA_FILE = os.path.join("assets.extra", "keras_wsol.json")
@@ -68,8 +68,9 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def validation_threshold(localizer: localizers.Localizer, split, cam_curve_interval: float = 0.01,
-                         batch_size: int = 64) -> tuple[float, float]:
+def validation_threshold(
+    localizer: localizers.Localizer, split, cam_curve_interval: float = 0.01, batch_size: int = 64
+) -> tuple[float, float]:
     """The tau the export's boxes use: MaxBoxAcc's (single contour, IoU 0.5) on a labelled split.
 
     The maps are scored exactly as the export makes them: the ground-truth
@@ -81,20 +82,12 @@ def validation_threshold(localizer: localizers.Localizer, split, cam_curve_inter
         localizer: the localizer the export bakes in.
         split: a :class:`keras_wsol.data.splits.Split` with boxes (the val split).
     """
-    from keras_wsol import evaluation
-    from keras_wsol.data import pipeline
+    from keras_wsol import reporting
 
     if not split.has_boxes:
         raise ValueError("the box threshold is chosen on a split with boxes; this one has none")
-    side = int(localizer.model.image_size)
-    evaluator = evaluation.BoxEvaluator(cam_curve_interval, resize_length=side)
-    gt_boxes, seen = split.resized_boxes(side), 0
-    for images, labels in pipeline.eval_dataset(split, batch_size, side):
-        raw, _ = localizer.raw_maps(images.numpy(), labels.numpy())
-        maps = np.asarray(upsample_normalized(raw, (side, side)))
-        evaluator.update(maps, gt_boxes[seen : seen + len(maps)])
-        seen += len(maps)
-    result = evaluator.result()
+    protocol = Protocol(cam_curve_interval, resize_length=int(localizer.model.image_size))
+    result = reporting.score(localizer, split, protocol, batch_size, served=True, masks=False)[0]["model"].result()
     return float(result["MaxBoxAcc_threshold"]), float(result["MaxBoxAcc"])
 
 
@@ -148,9 +141,13 @@ class ServingFunctions:
         """``serving_default``: float ``[B, H, W, 3]`` RGB 0-255."""
         shape = tf.shape(images)
         checks = [
-            tf.debugging.Assert(tf.size(shape) == 4, ["images must be [batch, height, width, 3], got shape", shape], summarize=8),
+            tf.debugging.Assert(
+                tf.size(shape) == 4, ["images must be [batch, height, width, 3], got shape", shape], summarize=8
+            ),
             tf.debugging.Assert(shape[-1] == 3, ["images must have 3 (RGB) channels, got shape", shape], summarize=8),
-            tf.debugging.Assert(tf.reduce_all(shape[1:3] > 0), ["images must be at least 1x1 pixels, got shape", shape], summarize=8),
+            tf.debugging.Assert(
+                tf.reduce_all(shape[1:3] > 0), ["images must be at least 1x1 pixels, got shape", shape], summarize=8
+            ),
         ]
         with tf.control_dependencies(checks):
             images = tf.ensure_shape(images, (None, None, None, 3))
@@ -274,7 +271,9 @@ def export_model(
     )
     if not classify_only:
         archive.add_endpoint(
-            "localize_encoded", functions.serve_encoded, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+            "localize_encoded",
+            functions.serve_encoded,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
         )
     record = {
         "format": 1,

@@ -32,7 +32,7 @@ from keras_wsol import visualize
 from keras_wsol.data.pipeline import read_image
 from keras_wsol.evaluation import boxes_at_threshold
 from keras_wsol.localizers import Localizer
-from keras_wsol.methods.base import upsample_normalized
+from keras_wsol.maps import upsample_normalized
 
 #: Box threshold tau on the min-max normalized map: CAM's fixed 20% (Zhou et al., CVPR 2016), the value the
 #: WSOL papers before the protocol of Choe et al. used for every image.
@@ -69,8 +69,14 @@ def _model_side(localizer: Localizer) -> int:
     return int(side)
 
 
-def localize_files(localizer: Localizer, paths: list[str], class_names: list[str] | None, threshold: float,
-                   output_dir: str, top_k: int = 5) -> list[Localization]:
+def localize_files(
+    localizer: Localizer,
+    paths: list[str],
+    class_names: list[str] | None,
+    threshold: float,
+    output_dir: str,
+    top_k: int = 5,
+) -> list[Localization]:
     """Localize the top-1 class in each file; writes ``<output_dir>/<file stem>_<localizer>.png`` overlays.
 
     ``class_names`` ``None`` names classes ``class K``. Every file is read
@@ -92,7 +98,10 @@ def localize_files(localizer: Localizer, paths: list[str], class_names: list[str
         box = boxes_at_threshold(scoremap, threshold)[0]
         stem = os.path.splitext(os.path.basename(path))[0]
         overlay = os.path.join(output_dir, f"{stem}_{localizer.name}.png")
-        title = f"{top[0][1]} ({100 * top[0][2]:.1f}%)\n{localizer.name} at {localizer.layer}; red box: map >= {threshold:g}"
+        title = (
+            f"{top[0][1]} ({100 * top[0][2]:.1f}%)\n"
+            f"{localizer.name} at {localizer.layer}; red box: map >= {threshold:g}"
+        )
         visualize.plot_overlays(image[None], scoremap[None], [box[None]], [np.zeros((0, 4))], [title], overlay)
         found.append(Localization(path, top, box, threshold, overlay))
     return found

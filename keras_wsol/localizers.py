@@ -59,7 +59,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_wsol.backbones import TAPS
-from keras_wsol.methods.base import WSOLModel, predicted_where_negative, upsample_normalized
+from keras_wsol.maps import predicted_where_negative, upsample_normalized
+from keras_wsol.methods.base import WSOLModel
 
 SCORES = ("logit", "softmax")
 LOG_EPS = 1e-6
@@ -151,7 +152,9 @@ def feature_layers(model) -> list[str]:
     """The layer names ``--layer=all`` sweeps: a WSOLModel's taps, low to high."""
     if isinstance(model, WSOLModel):
         return list(TAPS) + (["cam"] if model.head is not None else [])
-    raise ValueError(f"{model.name}: name the layers to sweep; only WSOLModel checkpoints have known taps (low, mid, high)")
+    raise ValueError(
+        f"{model.name}: name the layers to sweep; only WSOLModel checkpoints have known taps (low, mid, high)"
+    )
 
 
 def classifier_layer(model) -> str:
@@ -189,8 +192,10 @@ def _find_layer(model, name: str):
     for op in _all_operations(model):
         if isinstance(op, keras.layers.Layer) and op.name == name:
             return op
-    raise ValueError(f"{model.name} has no layer named {name!r}" + (
-        "; WSOLModel taps are low, mid, high, cam" if isinstance(model, WSOLModel) else ""))
+    raise ValueError(
+        f"{model.name} has no layer named {name!r}"
+        + ("; WSOLModel taps are low, mid, high, cam" if isinstance(model, WSOLModel) else "")
+    )
 
 
 def _check_logits(model) -> None:
@@ -226,8 +231,10 @@ class Localizer:
             raise ValueError(f"score={score!r}; choose one of {', '.join(SCORES)}")
         _check_logits(model)
         if getattr(model, "class_agnostic_maps", False) and self.name != "cam":
-            raise ValueError(f"{type(model).__name__} maps are class-agnostic (its own, e.g. ORNet's p^a): use the cam "
-                             f"localizer; {self.name} needs a class map at a feature layer")
+            raise ValueError(
+                f"{type(model).__name__} maps are class-agnostic (its own, e.g. ORNet's p^a): use the cam "
+                f"localizer; {self.name} needs a class map at a feature layer"
+            )
         self.model = model
         self.layer = layer or default_layer(model)
         self.score = score
@@ -249,7 +256,9 @@ class Localizer:
             return logits, taps[self.layer]
         logits = self.model(images, training=False)
         if len(hooks.captured) != 1:
-            raise ValueError(f"layer {self.layer!r} ran {len(hooks.captured)} times in one forward pass; need exactly once")
+            raise ValueError(
+                f"layer {self.layer!r} ran {len(hooks.captured)} times in one forward pass; need exactly once"
+            )
         return logits, hooks.captured[0]
 
     def _target_score(self, logits, class_ids):
@@ -298,8 +307,11 @@ class CAM(Localizer):
         super().__init__(model, layer, score, guided)
         self._own_maps = isinstance(model, WSOLModel) and self.layer in ("cam", classifier_layer(model))
         if isinstance(model, WSOLModel) and not self._own_maps:
-            raise ValueError(f"cam is defined at the classifier's input only (layer {classifier_layer(model)!r}), not {self.layer!r}; "
-                             "use gradcam, gradcam_pp, pcs or bagcams for other layers")
+            raise ValueError(
+                f"cam is defined at the classifier's input only (layer {classifier_layer(model)!r}), "
+                f"not {self.layer!r}; "
+                "use gradcam, gradcam_pp, pcs or bagcams for other layers"
+            )
 
     def _raw_maps(self, images, class_ids):
         if self._own_maps:
@@ -369,7 +381,9 @@ def get_localizer(model, method: str, layer: str | None = None, **options) -> Lo
     return LOCALIZERS[method](model, layer, **options)
 
 
-def compute_scoremaps(model, images, method: str, layer: str | None = None, class_ids=None, batch_size: int = 32, **options) -> np.ndarray:
+def compute_scoremaps(
+    model, images, method: str, layer: str | None = None, class_ids=None, batch_size: int = 32, **options
+) -> np.ndarray:
     """Score maps ``[B, H, W]`` in ``[0, 1]`` at the input size, for ``class_ids`` (default: predicted).
 
     Example:

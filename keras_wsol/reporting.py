@@ -11,17 +11,17 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 
 import cv2
 import numpy as np
 
-from keras_wsol import evaluation
-from keras_wsol import localizers
-from keras_wsol import visualize
+from keras_wsol import evaluation, localizers, visualize
+from keras_wsol.atomic import write_json
 from keras_wsol.data import pipeline
 from keras_wsol.data.splits import Split
+from keras_wsol.evaluation import Protocol
+from keras_wsol.maps import upsample_normalized
 
 BASELINES = ("full_image", "center_gaussian")
 TABLE_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
@@ -44,19 +44,28 @@ def baseline_maps(kind: str, count: int, resize_length: int) -> np.ndarray:
 
 
 class SplitEvaluation:
-    """Box evaluators (where the split has boxes) and mask evaluators (where it has masks) for one split."""
+    """Box evaluators (where the split has boxes) and mask evaluators (where it has masks) for one split.
 
-    def __init__(self, split: Split, cam_curve_interval: float, resize_length: int, fixed_threshold: float):
+    ``masks=False`` leaves masks out (the export's threshold search needs boxes only).
+    """
+
+    def __init__(self, split: Split, protocol: Protocol = Protocol(), masks: bool = True):
         if not (split.has_boxes or split.masks is not None):
             raise ValueError("the split has neither boxes nor masks to evaluate against")
         self.split = split
-        self.resize_length = resize_length
+        self.resize_length = protocol.resize_length
         self.gt_boxes = None
         self.boxes = None
         if split.has_boxes:
-            self.gt_boxes = split.resized_boxes(resize_length)
-            self.boxes = evaluation.BoxEvaluator(cam_curve_interval, resize_length=resize_length, fixed_threshold=fixed_threshold)
-        self.masks = evaluation.MaskEvaluator(cam_curve_interval, resize_length) if split.masks is not None else None
+            self.gt_boxes = split.resized_boxes(protocol.resize_length)
+            self.boxes = evaluation.BoxEvaluator(
+                protocol.cam_curve_interval,
+                resize_length=protocol.resize_length,
+                fixed_threshold=protocol.fixed_threshold,
+            )
+        self.masks = None
+        if masks and split.masks is not None:
+            self.masks = evaluation.MaskEvaluator(protocol.cam_curve_interval, protocol.resize_length)
         self.seen = 0
 
     def update(self, scoremaps: np.ndarray, logits: np.ndarray | None = None) -> None:
@@ -64,7 +73,9 @@ class SplitEvaluation:
         lo, hi = self.seen, self.seen + len(scoremaps)
         if self.boxes is not None:
             labels = self.split.labels[lo:hi]
-            self.boxes.update(scoremaps, self.gt_boxes[lo:hi], labels=labels if logits is not None else None, logits=logits)
+            self.boxes.update(
+                scoremaps, self.gt_boxes[lo:hi], labels=labels if logits is not None else None, logits=logits
+            )
         if self.masks is not None:
             foreground, ignore = zip(*(self.split.masks(i, self.resize_length) for i in range(lo, hi)))
             self.masks.update(scoremaps, np.stack(foreground), np.stack(ignore))
@@ -78,25 +89,55 @@ class SplitEvaluation:
         return out
 
 
-def model_scoremaps(localizer, split: Split, resize_length: int, batch_size: int = 64):
-    """Yield ``(protocol maps [B, R, R], logits [B, C])`` for the ground-truth class, batch by batch.
+def model_scoremaps(localizer, split: Split, resize_length: int, batch_size: int = 64, served: bool = False):
+    """Yield ``(maps [B, R, R], logits [B, C])`` for the ground-truth class, batch by batch.
 
     ``localizer`` is a :class:`keras_wsol.localizers.Localizer`; the split's
-    images are resized to its model's side, and its raw maps (feature
-    resolution) get the protocol's resize, as CAMs do.
+    images are resized to its model's side. Its raw maps (feature resolution)
+    get the protocol's resize to ``R`` (OpenCV), as CAMs do; ``served=True``
+    gives instead the maps an export serves: bilinear to ``R``, min-max.
     """
     for images, labels in pipeline.eval_dataset(split, batch_size, int(localizer.model.image_size)):
         raw, logits = localizer.raw_maps(images.numpy(), labels.numpy())
-        yield np.stack([evaluation.resize_scoremap(m, resize_length) for m in np.asarray(raw)]), np.asarray(logits)
+        if served:
+            maps = np.asarray(upsample_normalized(raw, (resize_length, resize_length)))
+        else:
+            maps = np.stack([evaluation.resize_scoremap(m, resize_length) for m in np.asarray(raw)])
+        yield maps, np.asarray(logits)
+
+
+def score(
+    localizer,
+    split: Split,
+    protocol: Protocol = Protocol(),
+    batch_size: int = 64,
+    baselines: tuple = (),
+    keep: int = 0,
+    served: bool = False,
+    masks: bool = True,
+) -> tuple[dict[str, SplitEvaluation], np.ndarray]:
+    """The one scoring loop: ``localizer``'s maps (and ``baselines``' trivial maps) through the evaluators.
+
+    Returns ``({"model": run, **baselines}, the first ``keep`` maps)``; see
+    :func:`model_scoremaps` for ``served``.
+    """
+    runs = {name: SplitEvaluation(split, protocol, masks) for name in ("model", *baselines)}
+    kept = []
+    for maps, logits in model_scoremaps(localizer, split, protocol.resize_length, batch_size, served):
+        runs["model"].update(maps, logits)
+        for name in baselines:
+            runs[name].update(baseline_maps(name, len(maps), protocol.resize_length), logits)
+        if sum(len(m) for m in kept) < keep:
+            kept.append(maps)
+    r = protocol.resize_length
+    return runs, (np.concatenate(kept)[:keep] if kept else np.zeros((0, r, r), np.float32))
 
 
 def evaluate_split(
     model,
     split: Split,
     output_dir: str | None = None,
-    cam_curve_interval: float = 0.01,
-    resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
-    fixed_threshold: float = 0.2,
+    protocol: Protocol = Protocol(),
     batch_size: int = 64,
     num_pictures: int = 8,
     localizer=None,
@@ -107,20 +148,14 @@ def evaluate_split(
     layer). With ``output_dir``, writes ``metrics.json`` and the pictures there.
     """
     localizer = localizer or localizers.get_localizer(model, "cam")
-    runs = {name: SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold) for name in ("model",) + BASELINES}
-    kept_maps = []
-    for maps, logits in model_scoremaps(localizer, split, resize_length, batch_size):
-        runs["model"].update(maps, logits)
-        for name in BASELINES:
-            runs[name].update(baseline_maps(name, len(maps), resize_length), logits)
-        if sum(len(m) for m in kept_maps) < 64:
-            kept_maps.append(maps)
+    runs, kept = score(localizer, split, protocol, batch_size, baselines=BASELINES, keep=64)
     results = {name: run.result() for name, run in runs.items()}
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         write_json(results, os.path.join(output_dir, "metrics.json"))
-        write_pictures(runs["model"], results["model"], np.concatenate(kept_maps), output_dir, num_pictures, runs,
-                       int(localizer.model.image_size))
+        write_pictures(
+            runs["model"], results["model"], kept, output_dir, num_pictures, runs, int(localizer.model.image_size)
+        )
     return results
 
 
@@ -129,9 +164,7 @@ def sweep_localizers(
     split: Split,
     methods: list[str],
     layers: list[str],
-    cam_curve_interval: float = 0.01,
-    resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
-    fixed_threshold: float = 0.2,
+    protocol: Protocol = Protocol(),
     batch_size: int = 64,
     **options,
 ) -> dict[str, dict]:
@@ -146,19 +179,12 @@ def sweep_localizers(
             if method == "cam" and layer not in ("cam", localizers.classifier_layer(model)):
                 continue
             localizer = localizers.get_localizer(model, method, layer, **options)
-            run = SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold)
-            for maps, logits in model_scoremaps(localizer, split, resize_length, batch_size):
-                run.update(maps, logits)
-            results[f"{method}@{layer}"] = run.result()
+            results[f"{method}@{layer}"] = score(localizer, split, protocol, batch_size)[0]["model"].result()
     return results
 
 
 def threshold_curves(
-    models: dict[str, object],
-    split: Split,
-    cam_curve_interval: float = 0.01,
-    resize_length: int = evaluation.DEFAULT_RESIZE_LENGTH,
-    batch_size: int = 64,
+    models: dict[str, object], split: Split, protocol: Protocol = Protocol(), batch_size: int = 64
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(taus, {name: BoxAcc per tau})``: single-contour BoxAcc at IoU 0.5 of each model's own maps.
 
@@ -169,11 +195,9 @@ def threshold_curves(
         raise ValueError("BoxAcc curves need a split with boxes")
     curves = {}
     for name, model in models.items():
-        run = SplitEvaluation(split, cam_curve_interval, resize_length, fixed_threshold=0.2)
-        for maps, logits in model_scoremaps(localizers.get_localizer(model, "cam"), split, resize_length, batch_size):
-            run.update(maps, logits)
+        run = score(localizers.get_localizer(model, "cam"), split, protocol, batch_size, masks=False)[0]["model"]
         curves[name] = run.boxes.curves()["single"][50]
-    return run.boxes.taus, curves
+    return protocol.taus(), curves
 
 
 def threshold_span(taus: np.ndarray, curve: np.ndarray, within: float = 5.0) -> tuple[float, float]:
@@ -186,8 +210,9 @@ def threshold_span(taus: np.ndarray, curve: np.ndarray, within: float = 5.0) -> 
     return float(taus[near[0]]), float(taus[near[-1]])
 
 
-def write_pictures(run: SplitEvaluation, result: dict, maps: np.ndarray, output_dir: str, count: int, runs: dict,
-                   image_size: int) -> None:
+def write_pictures(
+    run: SplitEvaluation, result: dict, maps: np.ndarray, output_dir: str, count: int, runs: dict, image_size: int
+) -> None:
     """BoxAcc curves (model, with the baselines dashed), PR curve, best and worst overlays."""
     if run.masks is not None:
         precision, recall = run.masks.pr_curve()
@@ -197,8 +222,19 @@ def write_pictures(run: SplitEvaluation, result: dict, maps: np.ndarray, output_
     taus = run.boxes.taus
     curves = run.boxes.curves()
     extra = {f"{name} (single, IoU 50)": r.boxes.curves()["single"][50] for name, r in runs.items() if r is not run}
-    visualize.plot_box_acc_curves(taus, curves["multi"], os.path.join(output_dir, "box_acc_multi_contour.png"), "MaxBoxAccV2 curves (multi-contour)")
-    visualize.plot_box_acc_curves(taus, {50: curves["single"][50]}, os.path.join(output_dir, "box_acc_single_contour.png"), "MaxBoxAcc curve (single-contour)", extra)
+    visualize.plot_box_acc_curves(
+        taus,
+        curves["multi"],
+        os.path.join(output_dir, "box_acc_multi_contour.png"),
+        "MaxBoxAccV2 curves (multi-contour)",
+    )
+    visualize.plot_box_acc_curves(
+        taus,
+        {50: curves["single"][50]},
+        os.path.join(output_dir, "box_acc_single_contour.png"),
+        "MaxBoxAcc curve (single-contour)",
+        extra,
+    )
     tau = result["MaxBoxAcc_threshold"]
     r = run.resize_length
     boxes = [evaluation.boxes_at_threshold(m, tau) for m in maps]
@@ -208,15 +244,14 @@ def write_pictures(run: SplitEvaluation, result: dict, maps: np.ndarray, output_
     shown = pipeline.first_images(run.split, len(maps), image_size).astype(np.uint8)
     images = np.stack([cv2.resize(shown[i], (r, r), interpolation=cv2.INTER_LINEAR) for i in picks])
     titles = [f"{'good' if k < count // 2 else 'bad'}: IoU {ious[i]:.2f}" for k, i in enumerate(picks)]
-    visualize.plot_overlays(images, maps[picks], [boxes[i] for i in picks], [run.gt_boxes[i] for i in picks], titles, os.path.join(output_dir, "overlays.png"))
-
-
-def write_json(data: dict, path: str) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    visualize.plot_overlays(
+        images,
+        maps[picks],
+        [boxes[i] for i in picks],
+        [run.gt_boxes[i] for i in picks],
+        titles,
+        os.path.join(output_dir, "overlays.png"),
+    )
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -120,8 +121,11 @@ def read_metadata(metadata_root: str, localization: bool = True) -> Metadata:
             else:
                 ignore_paths[p[0]] = p[2]
             mask_paths.setdefault(p[0], []).append(p[1])
-    _check_complete(join, image_ids, {"class_labels.txt": labels, "image_sizes.txt": sizes,
-                                      "localization.txt": boxes or mask_paths or {}})
+    _check_complete(
+        join,
+        image_ids,
+        {"class_labels.txt": labels, "image_sizes.txt": sizes, "localization.txt": boxes or mask_paths or {}},
+    )
     return Metadata(image_ids, labels, sizes, boxes, mask_paths, ignore_paths)
 
 
@@ -131,6 +135,20 @@ def _check_complete(join, image_ids: list[str], tables: dict[str, dict]) -> None
         missing = [i for i in image_ids if i not in table]
         if missing:
             raise MetadataError(f"{join(name)}: no line for {len(missing)} image(s), first {missing[0]!r}")
+
+
+def resize_box(box: Sequence[float], image_size: tuple[int, int], resize_length: int) -> tuple[int, int, int, int]:
+    """Scale an inclusive ``x0, y0, x1, y1`` box of a ``(width, height)`` image to ``R x R``.
+
+    Float division, then truncation (not rounding), as the reference does.
+
+    >>> resize_box((10, 10, 99, 49), (100, 50), 224)
+    (22, 44, 221, 219)
+    """
+    x0, y0, x1, y1 = map(float, box)
+    width, height = map(float, image_size)
+    r = float(resize_length)
+    return int(x0 * r / width), int(y0 * r / height), int(x1 * r / width), int(y1 * r / height)
 
 
 def resize_mask(mask: np.ndarray, resize_length: int) -> np.ndarray:

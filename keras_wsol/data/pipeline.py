@@ -48,10 +48,18 @@ def decode_image(contents: tf.Tensor, name: tf.Tensor) -> tf.Tensor:
     head = tf.strings.substr(contents, 0, 8)
     is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
     is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
-    known = is_jpeg | is_png | tf.equal(tf.strings.substr(head, 0, 4), b"GIF8") | tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    known = (
+        is_jpeg
+        | is_png
+        | tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
+        | tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    )
     data = tf.io.decode_raw(contents, tf.uint8)
-    complete = tf.cond(is_jpeg, lambda: _contains(data, b"\xff\xd9", 3),
-                       lambda: tf.cond(is_png, lambda: _contains(data, b"IEND", 8), lambda: tf.constant(True)))
+    complete = tf.cond(
+        is_jpeg,
+        lambda: _contains(data, b"\xff\xd9", 3),
+        lambda: tf.cond(is_png, lambda: _contains(data, b"IEND", 8), lambda: tf.constant(True)),
+    )
     checks = [
         tf.debugging.Assert(known, [tf.strings.join([name, ": not a JPEG, PNG, GIF or BMP image"])]),
         tf.debugging.Assert(complete, [tf.strings.join([name, ": truncated image (no end marker)"])]),
@@ -126,6 +134,7 @@ def _pairs(split: Split, indices: tf.data.Dataset) -> tf.data.Dataset:
 
 def _examples(pairs: tf.data.Dataset, image_size: int, seed: int, augmented: bool) -> tf.data.Dataset:
     """``(image, label)`` pairs augmented with a per-example stateless seed, or resized to ``image_size``."""
+
     def example(pair, example_seed):
         image, label = pair
         return (augment(image, image_size, example_seed) if augmented else resize(image, image_size)), label
@@ -133,8 +142,14 @@ def _examples(pairs: tf.data.Dataset, image_size: int, seed: int, augmented: boo
     return _with_seeds(pairs, seed).map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def training_dataset(split: Split, batch_size: int, image_size: int | None = None, seed: int = 0,
-                     augmented: bool = True, cache: str | None = None) -> tf.data.Dataset:
+def training_dataset(
+    split: Split,
+    batch_size: int,
+    image_size: int | None = None,
+    seed: int = 0,
+    augmented: bool = True,
+    cache: str | None = None,
+) -> tf.data.Dataset:
     """Shuffled, augmented ``(image, label)`` batches, reshuffled each epoch; the last partial batch is dropped.
 
     With ``cache``, the decoded images (resized to :func:`training_side`)
@@ -148,10 +163,14 @@ def training_dataset(split: Split, batch_size: int, image_size: int | None = Non
     elif cache:
         stored = training_side(side) if augmented else side
         pairs = _pairs(split, tf.data.Dataset.range(len(split))).map(
-            lambda image, label: (tf.cast(tf.round(resize(image, stored)), tf.uint8), label), num_parallel_calls=AUTOTUNE)
+            lambda image, label: (tf.cast(tf.round(resize(image, stored)), tf.uint8), label),
+            num_parallel_calls=AUTOTUNE,
+        )
         pairs = _cached(pairs, cache).shuffle(min(len(split), CACHED_SHUFFLE_BUFFER), seed=seed)
     else:
-        pairs = _pairs(split, tf.data.Dataset.range(len(split)).shuffle(len(split), seed=seed, reshuffle_each_iteration=True))
+        pairs = _pairs(
+            split, tf.data.Dataset.range(len(split)).shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        )
     return _examples(pairs, side, seed, augmented).batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
@@ -179,8 +198,12 @@ def class_set_indices(labels: np.ndarray, set_size: int, sets_per_batch: int, se
         raise ValueError(f"--sets_per_batch={sets_per_batch}, but the training split has only {len(classes)} classes")
     short = classes[counts < set_size]
     if len(short):
-        logging.warning("%d classes have fewer than --set_size=%d images and are sampled with replacement: %s",
-                        len(short), set_size, ", ".join(str(c) for c in short[:20]) + (" ..." if len(short) > 20 else ""))
+        logging.warning(
+            "%d classes have fewer than --set_size=%d images and are sampled with replacement: %s",
+            len(short),
+            set_size,
+            ", ".join(str(c) for c in short[:20]) + (" ..." if len(short) > 20 else ""),
+        )
     table = np.zeros((len(classes), counts.max()), np.int64)
     for row, c in enumerate(classes):
         table[row, : counts[row]] = np.flatnonzero(labels == c)
@@ -200,8 +223,14 @@ def class_set_indices(labels: np.ndarray, set_size: int, sets_per_batch: int, se
     return tf.data.Dataset.counter().map(lambda i: draw(tf.stack([tf.cast(seed, tf.int64), i])))
 
 
-def class_set_dataset(split: Split, set_size: int, sets_per_batch: int, image_size: int | None = None, seed: int = 0,
-                      augmented: bool = True) -> tf.data.Dataset:
+def class_set_dataset(
+    split: Split,
+    set_size: int,
+    sets_per_batch: int,
+    image_size: int | None = None,
+    seed: int = 0,
+    augmented: bool = True,
+) -> tf.data.Dataset:
     """Endless augmented batches of ``sets_per_batch`` classes x ``set_size`` images (MinMaxCAM, CAMs2i).
 
     Pass ``steps_per_epoch`` to ``fit``. Under ``tf.distribute`` the batch is
@@ -210,18 +239,23 @@ def class_set_dataset(split: Split, set_size: int, sets_per_batch: int, image_si
     must be indexable (files or arrays).
     """
     if not split.indexable:
-        raise ValueError("class-set batches read images by index: a streamed TFDS split cannot give them; "
-                         "use --dataset=folder with the benchmark's train metadata")
+        raise ValueError(
+            "class-set batches read images by index: a streamed TFDS split cannot give them; "
+            "use --dataset=folder with the benchmark's train metadata"
+        )
     indices = class_set_indices(split.labels, set_size, sets_per_batch, seed).unbatch()
     ds = _examples(_pairs(split, indices), _side(split, image_size), seed, augmented)
     return ds.batch(set_size * sets_per_batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def eval_dataset(split: Split, batch_size: int, image_size: int | None = None, cache: str | None = None) -> tf.data.Dataset:
+def eval_dataset(
+    split: Split, batch_size: int, image_size: int | None = None, cache: str | None = None
+) -> tf.data.Dataset:
     """``(image, label)`` batches in order: each whole image resized to ``image_size``, no augmentation."""
     side = _side(split, image_size)
     ds = _pairs(split, tf.data.Dataset.range(len(split))).map(
-        lambda image, label: (resize(image, side), label), num_parallel_calls=AUTOTUNE, deterministic=True)
+        lambda image, label: (resize(image, side), label), num_parallel_calls=AUTOTUNE, deterministic=True
+    )
     return _cached(ds, cache).batch(batch_size).prefetch(AUTOTUNE)
 
 
@@ -231,7 +265,9 @@ def first_images(split: Split, count: int, image_size: int | None = None) -> np.
     return np.concatenate([images.numpy() for images, _ in batches])
 
 
-def mean_pixel(split: Split, image_size: int | None = None, count: int = 1000, batch_size: int = 100) -> tuple[float, float, float]:
+def mean_pixel(
+    split: Split, image_size: int | None = None, count: int = 1000, batch_size: int = 100
+) -> tuple[float, float, float]:
     """Mean RGB of the first ``count`` images at ``image_size`` (hide-and-seek's fill value)."""
     total, pixels = np.zeros(3), 0
     for images, _ in eval_dataset(split.head(count), batch_size, image_size):

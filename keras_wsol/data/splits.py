@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from keras_wsol.data import metadata as metadata_lib
-from keras_wsol.evaluation import resize_box
+from keras_wsol.data.metadata import resize_box
 
 MaskReader = Callable[[int, int], "tuple[np.ndarray, np.ndarray]"]
 
@@ -63,9 +63,15 @@ class Split:
         if not self.indexable:
             raise ValueError("a streamed split has no first images")
         cut = lambda x: None if x is None else x[:count]  # noqa: E731
-        return dataclasses.replace(self, image_ids=self.image_ids[:count], labels=self.labels[:count],
-                                   sizes=cut(self.sizes), boxes=cut(self.boxes), arrays=cut(self.arrays),
-                                   paths=cut(self.paths))
+        return dataclasses.replace(
+            self,
+            image_ids=self.image_ids[:count],
+            labels=self.labels[:count],
+            sizes=cut(self.sizes),
+            boxes=cut(self.boxes),
+            arrays=cut(self.arrays),
+            paths=cut(self.paths),
+        )
 
     @property
     def indexable(self) -> bool:
@@ -78,21 +84,31 @@ class Split:
 
     def resized_boxes(self, resize_length: int) -> list[np.ndarray]:
         """Each image's boxes ``[K, 4]`` scaled from its original size to ``R x R`` the protocol's way."""
-        return [np.array([resize_box(b, size, resize_length) for b in boxes], np.int64)
-                for boxes, size in zip(self.boxes, self.sizes)]
+        return [
+            np.array([resize_box(b, size, resize_length) for b in boxes], np.int64)
+            for boxes, size in zip(self.boxes, self.sizes)
+        ]
 
     @classmethod
-    def from_arrays(cls, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None = None,
-                    masks: np.ndarray | None = None, image_ids: list[str] | None = None,
-                    num_classes: int | None = None) -> Split:
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray,
+        boxes: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
+        image_ids: list[str] | None = None,
+        num_classes: int | None = None,
+    ) -> Split:
         """An in-memory split of square ``[N, S, S, 3]`` images; ``boxes [N, 4]`` and ``masks [N, S, S]`` optional."""
         labels = np.asarray(labels, np.int64)
         side = images.shape[1]
         mask_reader = None
         if masks is not None:
+
             def mask_reader(index: int, resize_length: int):
                 mask = metadata_lib.resize_mask(masks[index], resize_length)
                 return mask, np.zeros_like(mask)
+
         return cls(
             image_ids=image_ids or [str(i) for i in range(len(labels))],
             labels=labels,
@@ -104,8 +120,14 @@ class Split:
         )
 
 
-def metadata_split(data_root: str, split_root: str, mask_root: str | None = None, mask_split_root: str | None = None,
-                   num_classes: int | None = None, localization: bool = True) -> Split:
+def metadata_split(
+    data_root: str,
+    split_root: str,
+    mask_root: str | None = None,
+    mask_split_root: str | None = None,
+    num_classes: int | None = None,
+    localization: bool = True,
+) -> Split:
     """A split of a benchmark metadata folder (PROTOCOL.md): images under ``data_root``.
 
     ``localization=False`` reads only ``image_ids.txt`` and
@@ -121,12 +143,14 @@ def metadata_split(data_root: str, split_root: str, mask_root: str | None = None
     if localization and mask_split_root:
         mask_meta = metadata_lib.read_metadata(mask_split_root)
         if mask_meta.image_ids != meta.image_ids or not mask_meta.is_mask_dataset:
-            raise metadata_lib.MetadataError(f"{mask_split_root}: must list masks for the images of {split_root}, "
-                                             "in the same order")
+            raise metadata_lib.MetadataError(
+                f"{mask_split_root}: must list masks for the images of {split_root}, in the same order"
+            )
     if mask_meta is not None:
         if not mask_root:
-            raise metadata_lib.MetadataError(f"{mask_split_root or split_root}/localization.txt lists "
-                                             "masks: a mask root is needed")
+            raise metadata_lib.MetadataError(
+                f"{mask_split_root or split_root}/localization.txt lists masks: a mask root is needed"
+            )
         masks = lambda index, r: metadata_lib.load_masks(mask_meta, meta.image_ids[index], mask_root, r)  # noqa: E731
     boxes = None if meta.boxes is None else [np.array(meta.boxes[i], np.float64) for i in meta.image_ids]
     return Split(
@@ -138,4 +162,3 @@ def metadata_split(data_root: str, split_root: str, mask_root: str | None = None
         masks=masks,
         paths=[os.path.join(data_root, i) for i in meta.image_ids],
     )
-

@@ -64,8 +64,10 @@ def export_cub(builder, root: str, val_per_class: int, seed: int = 0) -> None:
             if mask is None:
                 raise ValueError(f"caltech_birds2011 {tfds_split}: the segmentation of {image_id} does not decode")
             height, width = mask.shape[:2]
-            for sub, name, data in (("images", image_id, ex["image"]),
-                                    ("masks", os.path.splitext(image_id)[0] + ".png", ex["segmentation_mask"])):
+            for sub, name, data in (
+                ("images", image_id, ex["image"]),
+                ("masks", os.path.splitext(image_id)[0] + ".png", ex["segmentation_mask"]),
+            ):
                 path = os.path.join(root, sub, name)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb") as f:
@@ -118,9 +120,13 @@ def prepare_cub(data_dir: str | None, manual_dir: str | None = None, val_per_cla
 
 def cub_split(root: str, split: str) -> Split:
     """One split of a :func:`prepare_cub` folder: boxes and segmentation masks."""
-    return metadata_split(os.path.join(root, "images"), os.path.join(root, "metadata", split),
-                          mask_root=os.path.join(root, "masks"),
-                          mask_split_root=os.path.join(root, "metadata_masks", split), num_classes=200)
+    return metadata_split(
+        os.path.join(root, "images"),
+        os.path.join(root, "metadata", split),
+        mask_root=os.path.join(root, "masks"),
+        mask_split_root=os.path.join(root, "metadata_masks", split),
+        num_classes=200,
+    )
 
 
 def imagenet_train(data_dir: str | None, manual_dir: str | None = None, shuffle_buffer: int = 10000) -> Split:
@@ -135,8 +141,12 @@ def imagenet_train(data_dir: str | None, manual_dir: str | None = None, shuffle_
     num_classes = builder.info.features["label"].num_classes
 
     def records(seed: int) -> tf.data.Dataset:
-        return builder.as_dataset(split="train", shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=seed),
-                                  decoders={"image": tfds.decode.SkipDecoding()})
+        return builder.as_dataset(
+            split="train",
+            shuffle_files=True,
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
 
     size = int(records(0).cardinality())  # TFDS knows its splits' sizes
     if size <= 0:
@@ -144,7 +154,9 @@ def imagenet_train(data_dir: str | None, manual_dir: str | None = None, shuffle_
 
     def stream(seed: int) -> tf.data.Dataset:
         ds = records(seed).shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        return ds.map(lambda ex: (decode_image(ex["image"], ex["file_name"]), tf.cast(ex["label"], tf.int32)),
-                      num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(
+            lambda ex: (decode_image(ex["image"], ex["file_name"]), tf.cast(ex["label"], tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
 
     return Split(image_ids=[], labels=np.zeros(0, np.int64), num_classes=num_classes, stream=stream, stream_size=size)
