@@ -17,60 +17,24 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 import tensorflow as tf
 from keras import ops
 
 from keras_wsol.backbones import build_backbone
+from keras_wsol.distribute import MultiWorkerFit, multi_worker_logs, replica_mean
+from keras_wsol.maps import class_channel, predicted_where_negative, upsample_normalized
+from keras_wsol.methods.hyperparameters import HyperParameter, docstring_section
 from keras_wsol.optimizers import set_lr_multipliers
 
-
-def replica_mean(per_example: tf.Tensor) -> tf.Tensor:
-    """Mean over the global batch: per-replica sum / (replica batch x replicas).
-
-    Under ``tf.distribute`` the optimizer sums gradients over replicas, so
-    each replica's loss is scaled by the global batch size.
-    """
-    per_example = ops.cast(per_example, "float32")
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return ops.sum(per_example) / ops.cast(ops.shape(per_example)[0] * replicas, "float32")
-
-
-def minmax_normalize(maps: tf.Tensor) -> tf.Tensor:
-    """Per-map ``(x - min) / (max - min)`` over the last two axes; constant or NaN maps give zeros."""
-    maps = ops.cast(maps, "float32")
-    low = ops.min(maps, axis=(-2, -1), keepdims=True)
-    high = ops.max(maps, axis=(-2, -1), keepdims=True)
-    span = high - low
-    out = ops.where(span > 0, (maps - low) / ops.where(span > 0, span, 1.0), 0.0)
-    return ops.where(ops.isnan(high), 0.0, out)
-
-
-def predicted_where_negative(class_ids, logits) -> tf.Tensor:
-    """``class_ids`` as int32, with ``None`` or negative entries replaced by the argmax of ``logits``."""
-    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
-    if class_ids is None:
-        return predicted
-    class_ids = ops.cast(class_ids, "int32")
-    return ops.where(class_ids < 0, predicted, class_ids)
-
-
-def class_channel(maps: tf.Tensor, class_ids) -> tf.Tensor:
-    """The map of one class per image: ``[B, h, w, C]`` -> ``[B, h, w]``."""
-    return ops.take_along_axis(maps, ops.reshape(ops.cast(class_ids, "int32"), (-1, 1, 1, 1)), axis=-1)[..., 0]
-
-
-def upsample_normalized(maps: tf.Tensor, size) -> tf.Tensor:
-    """Raw maps ``[B, h, w]`` -> ``[B, H, W]``: bilinear (half-pixel centres), then per-map min-max.
-
-    ``size`` may hold tensors (sizes known only when the graph runs).
-    """
-    maps = ops.cast(maps, "float32")[..., None]
-    return minmax_normalize(tf.image.resize(maps, size, method="bilinear")[..., 0])
+#: The constructor arguments that fix a WSOLModel's network (shared by every method).
+ARCHITECTURE = ("num_classes", "backbone", "image_size", "head_channels")
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
-class WSOLModel(keras.Model):
+class WSOLModel(MultiWorkerFit, keras.Model):
     """A classifier whose class activation maps localize objects (the CAM baseline).
 
     Args:
@@ -85,7 +49,22 @@ class WSOLModel(keras.Model):
             new layers' (0.1 when fine-tuning ImageNet weights, as every paper
             here does: backbone 1e-4, new layers 1e-3); applied by ``compile``
             to every optimizer the model steps (:mod:`keras_wsol.optimizers`).
+        **hyperparameters: the method's declared hyper-parameters (below, for
+            a method class), and Keras' ``name``/``dtype``/``trainable``.
     """
+
+    #: Registry name and flag prefix: ``--<method_name>_<hyper-parameter>``.
+    method_name = "cam"
+    #: The method's hyper-parameters, declared once (:mod:`keras_wsol.methods.hyperparameters`).
+    hyperparameters: tuple[HyperParameter, ...] = ()
+    #: Forward plus backward passes over the batch in one train step (CAM: 1 + 1); the train-step
+    #: benchmark's target for a method is 1.2x its ratio to CAM's.
+    train_passes = 2
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("hyperparameters") and cls.__doc__:
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + docstring_section(cls.hyperparameters)
 
     def __init__(
         self,
@@ -97,6 +76,13 @@ class WSOLModel(keras.Model):
         backbone_lr_multiplier: float = 1.0,
         **kwargs,
     ):
+        values = {p.name: kwargs.pop(p.name, p.default) for p in self.hyperparameters}
+        unknown = sorted(set(kwargs) - {"name", "dtype", "trainable"})
+        if unknown:
+            declared = ", ".join(p.name for p in self.hyperparameters) or "none"
+            raise TypeError(
+                f"{type(self).__name__} has no argument {', '.join(unknown)}; its hyper-parameters: {declared}"
+            )
         super().__init__(**kwargs)
         if not backbone_lr_multiplier >= 0:
             raise ValueError(f"backbone_lr_multiplier={backbone_lr_multiplier}: a non-negative factor")
@@ -106,6 +92,9 @@ class WSOLModel(keras.Model):
         self.image_size = image_size
         self.weights_source = weights
         self.head_channels = head_channels
+        for parameter in self.hyperparameters:
+            setattr(self, parameter.name, parameter.convert(values[parameter.name]))
+        self.check_hyperparameters()
         self.backbone = build_backbone(backbone, (image_size, image_size, 3), weights, **self.backbone_options())
         self.head = (
             keras.layers.Conv2D(head_channels, 3, padding="same", activation="relu", name="cam_head")
@@ -122,6 +111,33 @@ class WSOLModel(keras.Model):
         # Create every variable now (one forward pass on zeros): weight loading
         # and BackupAndRestore need them before fit.
         self(ops.zeros((1, image_size, image_size, 3)))
+
+    def check_hyperparameters(self) -> None:
+        """Checks across hyper-parameters, before anything is built (each one alone is checked by its declaration)."""
+
+    @classmethod
+    def from_arguments(cls, arguments: dict, load: Callable[[str], keras.Model]) -> WSOLModel:
+        """The model a run trains, from constructor ``arguments``; the seam for methods trained in stages.
+
+        ``load(name)`` returns the Keras model of the checkpoint that
+        hyper-parameter ``name`` points to (the CLI names the flag in its
+        errors). One-stage methods are ``cls(**arguments)``.
+        """
+        return cls(**arguments)
+
+    @classmethod
+    def variants(cls, deterministic: bool = False, **arguments) -> dict[str, Callable[[], WSOLModel]]:
+        """Every model a run of this method can train (one per stage), by name, built from constructor ``arguments``.
+
+        The contract tests and the train-step benchmark cover each one.
+        ``deterministic=True`` switches off a method's random training
+        transforms (so two devices can be compared step for step).
+        """
+        return {cls.method_name: lambda: cls(**arguments)}
+
+    def optimizer_settings(self) -> dict:
+        """Overrides of the run's optimizer settings for this model (e.g. a stage's own learning rate)."""
+        return {}
 
     def backbone_options(self) -> dict:
         """Extra ``build_backbone`` arguments of a method (called by ``__init__``; plain attributes are set)."""
@@ -199,10 +215,22 @@ class WSOLModel(keras.Model):
         """``(variable, learning-rate multiplier)`` pairs: the backbone's weights at ``backbone_lr_multiplier``."""
         return [(v, self.backbone_lr_multiplier) for v in self.backbone.trainable_variables]
 
-    def compile(self, optimizer="rmsprop", **kwargs):
-        """As ``keras.Model.compile``; the optimizer gets the model's parameter groups (:meth:`lr_multipliers`)."""
+    def compile(
+        self, optimizer="rmsprop", make_optimizer: Callable[..., keras.optimizers.Optimizer] | None = None, **kwargs
+    ):
+        """As ``keras.Model.compile``; the optimizer gets the model's parameter groups (:meth:`lr_multipliers`).
+
+        ``make_optimizer(kind="same", learning_rate=None)`` builds another
+        optimizer of the run's settings, for methods that step some variables
+        with one of their own (MinMaxCAM's stage II); others ignore it.
+        """
         super().compile(optimizer=optimizer, **kwargs)
         set_lr_multipliers(self.optimizer, self.lr_multipliers())
+
+    def compile_from_config(self, config: dict) -> None:
+        """Recompile a loaded model through this class's ``compile`` (parameter groups, a method's optimizers)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
 
     @property
     def metrics(self):
@@ -214,7 +242,9 @@ class WSOLModel(keras.Model):
 
     def classification_loss(self, labels, logits) -> tf.Tensor:
         """Cross-entropy averaged over the global batch, in float32."""
-        per_example = keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            labels, ops.cast(logits, "float32"), from_logits=True
+        )
         return replica_mean(per_example)
 
     def _update_metrics(self, loss, labels, logits, parts: dict | None = None) -> dict:
@@ -231,11 +261,7 @@ class WSOLModel(keras.Model):
         for name, value in (parts or {}).items():
             self.part_trackers[name].update_state(value if name in self.replica_constant_parts else value * replicas)
             logs[name] = self.part_trackers[name].result()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3 averages multi-worker logs with strategy.reduce("MEAN", axis=0), which needs an
-            # axis to reduce (keras-team/keras#20585): one-element vectors come out as scalars.
-            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-        return logs
+        return multi_worker_logs(logs)
 
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
         """``(total loss, parts, logits)``: what ``train_step`` minimizes, its logged parts and the logits.
@@ -244,25 +270,6 @@ class WSOLModel(keras.Model):
         """
         logits = self(images, training=training)
         return self.classification_loss(labels, logits), {}, logits
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras's pre-fit build, made to work under MultiWorkerMirroredStrategy.
-
-        Keras 3 reduces the first distributed batch with
-        ``strategy.reduce("MEAN", ...)`` to learn its shapes, which
-        MultiWorkerMirroredStrategy cannot do eagerly ("Attempt to convert a
-        value (PerReplica...)", keras-team/keras#20585). One replica's local
-        batch has the shapes the build needs.
-        """
-        strategy = self._distribute_strategy
-        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda x: strategy.experimental_local_results(x)[0]
-                    if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         images, labels = data[0], data[1]
@@ -288,6 +295,7 @@ class WSOLModel(keras.Model):
             "weights": self.weights_source,
             "head_channels": self.head_channels,
             "backbone_lr_multiplier": self.backbone_lr_multiplier,
+            **{p.name: p.to_config(getattr(self, p.name)) for p in self.hyperparameters if p.saved},
         }
 
     @classmethod

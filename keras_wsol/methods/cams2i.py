@@ -55,15 +55,12 @@ import tensorflow as tf
 from keras import ops
 
 from keras_wsol.backbones import TAPS, resolution_keeping_taps
+from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import Preprocess
 from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
-from keras_wsol.methods.base import (
-    WSOLModel,
-    class_channel,
-    minmax_normalize,
-    predicted_where_negative,
-    replica_mean,
-)
+from keras_wsol.maps import class_channel, minmax_normalize, predicted_where_negative
+from keras_wsol.methods.base import WSOLModel
+from keras_wsol.methods.hyperparameters import HyperParameter
 
 INTER_NETS = ("small", *TAPS)
 
@@ -84,7 +81,9 @@ def _embedding_net(image_size: int, preprocess: str, dim: int) -> keras.Sequenti
     """``f`` of Eq. 9: three stride-2 convs, GAP and a ``dim``-wide linear embedding."""
     layers = [keras.Input((image_size, image_size, 3)), Preprocess(preprocess, name="f_preprocess")]
     for i, filters in enumerate((32, 64, 128)):
-        layers.append(keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"f_conv{i + 1}"))
+        layers.append(
+            keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"f_conv{i + 1}")
+        )
     layers += [keras.layers.GlobalAveragePooling2D(name="f_gap"), keras.layers.Dense(dim, name="f_embedding")]
     return keras.Sequential(layers, name="inter_f")
 
@@ -93,46 +92,70 @@ def _embedding_net(image_size: int, preprocess: str, dim: int) -> keras.Sequenti
 class CAMs2i(WSOLModel):
     """Two classifiers regulating each other pixel by pixel (CAMsIntra), plus the inter-sample module.
 
-    Args:
-        s2_tap: backbone tap where ``S2`` is inserted (``"low"`` or ``"mid"``,
-            as the backbone allows).
-        classifier_channels: width of the two 1x1 convs of each classifier.
-        ramp_steps: optimizer steps over which ``w0`` rises from 0 to 1
-            (0: ``w0 = 1`` from the start).
-        inter_module: add the inter-sample criterion (Eq. 8-10); training
-            batches must then be class sets.
-        inter_net: ``f`` of Eq. 9: ``"small"`` (a conv net of its own) or a
-            backbone tap (``"low"``, ``"mid"``, ``"high"``) pooled by GAP.
-        inter_dim: embedding width of the ``"small"`` ``f``.
-        **kwargs: as :class:`WSOLModel` (``head_channels`` must be 0: the
-            classifiers carry their own convs).
+    ``head_channels`` must be 0: the classifiers carry their own 1x1 convs.
     """
 
+    method_name = "cams2i"
+    hyperparameters = (
+        HyperParameter(
+            "s2_tap",
+            "mid",
+            "backbone tap where the second classifier S2 is inserted (the max-pools after it run with stride 1)",
+            "paper Sec. 3.1 (S2 inside the backbone, same map size)",
+            choices=("low", "mid"),
+            aliases=("s2_tap",),
+        ),
+        HyperParameter(
+            "classifier_channels",
+            1024,
+            "width of the two 1x1 convs of each classifier",
+            "paper Sec. 3.4 (two 1x1 convs of 1024 filters)",
+            minimum=1,
+            aliases=("classifier_channels",),
+        ),
+        HyperParameter(
+            "ramp_steps",
+            300,
+            "steps over which w0 of Eq. 7 rises from 0 to 1 (0: 1 from the start)",
+            "our reading: the paper says w0 rises linearly, not how fast",
+            minimum=0,
+            aliases=("ramp_steps",),
+        ),
+        HyperParameter(
+            "inter_module",
+            True,
+            "add the inter-sample criterion (Eq. 8-10; class-set batches); false trains CAMsIntra",
+            "paper Eq. 10",
+            aliases=("inter_module",),
+        ),
+        HyperParameter(
+            "inter_net",
+            "small",
+            "f of Eq. 9: a small conv net of its own or GAP of a backbone tap",
+            "our reading: the paper's f is AlexNet",
+            choices=INTER_NETS,
+            aliases=("inter_net",),
+        ),
+        HyperParameter(
+            "inter_dim",
+            128,
+            "embedding width of the small f",
+            "our choice (any small width)",
+            minimum=1,
+            aliases=("inter_dim",),
+        ),
+    )
     replica_constant_parts = ("w0",)
+    # One forward and one backward through the backbone and both classifiers; the inter-sample module adds
+    # a forward and a backward of f over the weighted images (f is much smaller than the backbone, so this
+    # counts it as one pass each way).
+    train_passes = 4
 
-    def __init__(
-        self,
-        *args,
-        s2_tap: str = "mid",
-        classifier_channels: int = 1024,
-        ramp_steps: int = 300,
-        inter_module: bool = True,
-        inter_net: str = "small",
-        inter_dim: int = 128,
-        **kwargs,
-    ):
-        if kwargs.get("head_channels", 0):
-            raise ValueError("CAMs2i: head_channels must be 0; its classifiers have their own 1x1 convs "
-                             "(set classifier_channels)")
-        if inter_net not in INTER_NETS:
-            raise ValueError(f"inter_net={inter_net!r}: choose one of {', '.join(INTER_NETS)}")
-        self.s2_tap = s2_tap
-        self.classifier_channels = classifier_channels
-        self.ramp_steps = ramp_steps
-        self.inter_module = inter_module
-        self.inter_net = inter_net
-        self.inter_dim = inter_dim
-        super().__init__(*args, **kwargs)
+    def check_hyperparameters(self) -> None:
+        if self.head_channels:
+            raise ValueError(
+                "CAMs2i: head_channels must be 0; its classifiers have their own 1x1 convs (set classifier_channels)"
+            )
 
     @property
     def uses_class_sets(self) -> bool:
@@ -142,8 +165,10 @@ class CAMs2i(WSOLModel):
     def backbone_options(self) -> dict:
         taps = resolution_keeping_taps(self.backbone_name)
         if self.s2_tap not in taps:
-            raise ValueError(f"s2_tap={self.s2_tap!r}: S2 must be inserted where the backbone can keep the map size "
-                             f"up to the last block; backbone {self.backbone_name} allows {', '.join(taps) or 'no tap'}")
+            raise ValueError(
+                f"s2_tap={self.s2_tap!r}: S2 must be inserted where the backbone can keep the map size "
+                f"up to the last block; backbone {self.backbone_name} allows {', '.join(taps) or 'no tap'}"
+            )
         return {"keep_resolution_after": self.s2_tap}
 
     def create_method_state(self) -> None:
@@ -164,7 +189,9 @@ class CAMs2i(WSOLModel):
         taps["cam"] = self.s1_head(taps["high"], training=training)
         return taps
 
-    def two_classifiers(self, images, training=False) -> tuple[tuple[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    def two_classifiers(
+        self, images, training=False
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
         """``((y1, y2), (S1, S2))``: both classifiers' logits and class maps ``[B, h, w, C]`` (Eq. 1-2)."""
         taps = self.features(images, training=training)
         hidden_2 = self.s2_head(taps[self.s2_tap], training=training)
@@ -204,7 +231,9 @@ class CAMs2i(WSOLModel):
             background = 1.0 - upsample(ops.max(ops.sigmoid(s), axis=-1))
             weighted += [self.mask_images(images, foreground), self.mask_images(images, background)]
         embedded = ops.split(self.embed(ops.concatenate(weighted, axis=0), training=training), len(weighted))
-        per_image = sum(inter_sample_per_image(embedded[i], embedded[i + 1], labels) for i in range(0, len(embedded), 2))
+        per_image = sum(
+            inter_sample_per_image(embedded[i], embedded[i + 1], labels) for i in range(0, len(embedded), 2)
+        )
         return replica_mean(per_image)
 
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
@@ -224,14 +253,3 @@ class CAMs2i(WSOLModel):
             parts["inter"] = self.inter_sample_loss(images, labels, (s1, s2), training)
             total += parts["inter"]
         return total, parts, y1
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "s2_tap": self.s2_tap,
-            "classifier_channels": self.classifier_channels,
-            "ramp_steps": self.ramp_steps,
-            "inter_module": self.inter_module,
-            "inter_net": self.inter_net,
-            "inter_dim": self.inter_dim,
-        }

@@ -45,9 +45,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import attention_fusion_per_image
-from keras_wsol.methods.base import WSOLModel, class_channel, replica_mean
+from keras_wsol.maps import class_channel
+from keras_wsol.methods.base import WSOLModel
+from keras_wsol.methods.hyperparameters import HyperParameter
 
 PAPER_PATCH_SIZES = (16, 32, 44, 56)
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -55,49 +58,80 @@ IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
 class Complementary(WSOLModel):
-    """Two branches on complementary hide-and-seek inputs, fused by CAAM, SSAM and an attention loss.
+    """Two branches on complementary hide-and-seek inputs, fused by CAAM, SSAM and an attention loss."""
 
-    Args:
-        patch_sizes: hide-and-seek patch sizes at 224 pixels, one drawn per
-            image (one entry: a fixed size).
-        hide_prob: probability that a patch is hidden in ``X``.
-        hide_fill: RGB value of hidden pixels (the dataset mean).
-        beta: weight of the fusion loss (Eq. 15).
-        use_caam: train with CAAM (Eq. 1-6).
-        use_ssam: train with SSAM (Eq. 7-8).
-        attention_at_inference: keep CAAM and SSAM on at inference.
-        seed: seed of the hide-and-seek masks.
-        **kwargs: as :class:`WSOLModel`.
-    """
+    method_name = "complementary"
+    hyperparameters = (
+        HyperParameter(
+            "patch_sizes",
+            PAPER_PATCH_SIZES,
+            "hide-and-seek patch sizes at 224 px, one drawn per "
+            "image ('mixed'); one entry for a fixed size; scaled below 224 px",
+            "paper Sec. 4.3 (mixed patch sizes, uniform per image)",
+            minimum=1,
+            aliases=("patch_sizes",),
+        ),
+        HyperParameter(
+            "hide_prob",
+            0.5,
+            "probability that a patch is hidden in X",
+            "paper Sec. 4.3",
+            minimum=0,
+            maximum=1,
+            aliases=("hide_prob",),
+        ),
+        HyperParameter(
+            "hide_fill",
+            IMAGENET_MEAN_RGB,
+            "RGB value of hidden pixels: the training split's mean pixel",
+            "hide-and-seek (Singh & Lee), which the paper follows",
+            kind=float,
+            statistic="mean_pixel",
+        ),
+        HyperParameter(
+            "beta",
+            50.0,
+            "weight of the attention-based fusion loss (Eq. 15); 0 drops it",
+            "paper Sec. 3.6 (beta = 50)",
+            minimum=0,
+            aliases=("beta",),
+        ),
+        HyperParameter(
+            "use_caam",
+            True,
+            "train with CAAM (Eq. 1-6); false: the Table 5 ablation",
+            "paper Sec. 3.3",
+            aliases=("use_caam",),
+        ),
+        HyperParameter(
+            "use_ssam",
+            True,
+            "train with SSAM (Eq. 7-8); false: the Table 5 ablation",
+            "paper Sec. 3.4",
+            aliases=("use_ssam",),
+        ),
+        HyperParameter(
+            "attention_at_inference",
+            False,
+            "keep CAAM and SSAM on at inference",
+            "our reading of Sec. 1: the whole test image, no hiding, one branch",
+            aliases=("attention_at_inference",),
+        ),
+        HyperParameter("seed", None, "seed of the hide-and-seek masks; none: random", "our choice", kind=int, flag=""),
+    )
+    # The backbone forward and backward over X and X~ (twice the batch); CAAM, SSAM and the aggregation
+    # conv run at feature resolution.
+    train_passes = 4
 
-    def __init__(
-        self,
-        *args,
-        patch_sizes: tuple[int, ...] = PAPER_PATCH_SIZES,
-        hide_prob: float = 0.5,
-        hide_fill: tuple[float, float, float] = IMAGENET_MEAN_RGB,
-        beta: float = 50.0,
-        use_caam: bool = True,
-        use_ssam: bool = True,
-        attention_at_inference: bool = False,
-        seed: int | None = None,
-        **kwargs,
-    ):
-        if not patch_sizes or min(patch_sizes) < 1:
-            raise ValueError(f"patch_sizes={patch_sizes}: give one or more positive sizes")
-        if not 0.0 <= hide_prob <= 1.0:
-            raise ValueError(f"hide_prob={hide_prob}: a probability in [0, 1]")
-        if len(hide_fill) != 3:
-            raise ValueError(f"hide_fill={hide_fill}: an RGB triple")
-        self.patch_sizes = tuple(int(p) for p in patch_sizes)
-        self.hide_prob = float(hide_prob)
-        self.hide_fill = tuple(float(v) for v in hide_fill)
-        self.beta = float(beta)
-        self.use_caam = use_caam
-        self.use_ssam = use_ssam
-        self.attention_at_inference = attention_at_inference
-        self.seed = seed
-        super().__init__(*args, **kwargs)
+    def check_hyperparameters(self) -> None:
+        if len(self.hide_fill) != 3:
+            raise ValueError(f"hide_fill={self.hide_fill}: an RGB triple")
+
+    @classmethod
+    def variants(cls, deterministic: bool = False, **arguments) -> dict:
+        # Deterministic: every patch hidden in X (X~ whole), so no mask is drawn at random.
+        extra = {"hide_prob": 1.0, "patch_sizes": (8,)} if deterministic else {}
+        return {cls.method_name: lambda: cls(**{**arguments, **extra})}
 
     def create_method_state(self) -> None:
         width = self.head_channels or int(self.backbone.output["high"].shape[-1])
@@ -128,17 +162,20 @@ class Complementary(WSOLModel):
         """``(X, X~, mask)``: hidden pixels set to ``hide_fill``; ``mask`` is 1 where ``X`` shows the image."""
         images = ops.cast(images, "float32")
         height, width = images.shape[1], images.shape[2]
-        mask = hide_and_seek_masks(ops.shape(images)[0], height, width, self.scaled_patch_sizes(),
-                                   self.seed_generator, self.hide_prob)[..., None]
+        mask = hide_and_seek_masks(
+            ops.shape(images)[0], height, width, self.scaled_patch_sizes(), self.seed_generator, self.hide_prob
+        )[..., None]
         fill = ops.convert_to_tensor(self.hide_fill, "float32")
         return images * mask + fill * (1.0 - mask), images * (1.0 - mask) + fill * mask, mask[..., 0]
 
     # -- forward -----------------------------------------------------------
     def fuse(self, features, complement, attention: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(F_x^t, F_x~^t)`` of Eq. 9 from the two branches' features; ``attention=False`` switches CAAM and SSAM off."""
+        """``(F_x^t, F_x~^t)`` of Eq. 9 from both branches' features; ``attention=False`` switches CAAM and SSAM off."""
         channel_x, channel_xt = self.caam(features, complement) if attention and self.caam else (features, complement)
-        return (self.aggregate_branch(features, channel_x, self.ssam_x, attention),
-                self.aggregate_branch(complement, channel_xt, self.ssam_complement, attention))
+        return (
+            self.aggregate_branch(features, channel_x, self.ssam_x, attention),
+            self.aggregate_branch(complement, channel_xt, self.ssam_complement, attention),
+        )
 
     def aggregate_branch(self, features, channel, ssam, attention: bool = True) -> tf.Tensor:
         """Eq. 9 for one branch: ``conv(F^c + F^s)``, with ``F^s = F`` when SSAM is off."""
@@ -170,16 +207,3 @@ class Complementary(WSOLModel):
         }
         total = self.classification_loss(labels, logits_x) + parts["ce_complement"] + self.beta * parts["fusion"]
         return total, parts, logits_x
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "patch_sizes": list(self.patch_sizes),
-            "hide_prob": self.hide_prob,
-            "hide_fill": list(self.hide_fill),
-            "beta": self.beta,
-            "use_caam": self.use_caam,
-            "use_ssam": self.use_ssam,
-            "attention_at_inference": self.attention_at_inference,
-            "seed": self.seed,
-        }

@@ -1,6 +1,7 @@
 """ORNet (Xie et al., ICCV 2021): a low-level activation-map generator, refined against a frozen evaluator.
 
-Two fits of the same model, chosen by ``stage``:
+Two fits, two classes sharing the stage-1 network: :class:`ORNet` (stage 1)
+and :class:`ORNetRefinement` (stage 2); :meth:`ORNet.from_arguments` picks by ``stage``.
 
 * **Stage 1** (Section 3.1, Eq. 1-6): the backbone is split at a shallow
   tap into F1^c and F2^c (:func:`keras_wsol.backbones.split_at_tap`). The
@@ -16,7 +17,7 @@ Two fits of the same model, chosen by ``stage``:
   preprocessing zero point, see ``WSOLModel.mask_images``) with ``p^a``
   attentively erased in training (Section 3.2.2). Loss (Eq. 10):
   ``CE + alpha * L_w(p^a) + beta * L_a(p^a)`` (Eq. 14-16), both on the map
-  before erasing. What trains is set in one place, :meth:`ORNet.stage_parts`:
+  before erasing. What trains is set in one place per stage, ``stage_parts``:
   the generator and the shallow layers F1^c (Eq. 7-8: both "initialized
   from the first stage"; ``train_shallow=False`` freezes F1^c). The
   evaluator, F2^c, the classifier and the auxiliary head are frozen; the
@@ -55,143 +56,210 @@ import tensorflow as tf
 from keras import ops
 
 from keras_wsol.backbones import split_at_tap
+from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import ActivationMapGenerator, attentive_erasing
 from keras_wsol.losses import area_per_image, weighted_entropy_per_image
-from keras_wsol.methods.base import WSOLModel, replica_mean
+from keras_wsol.methods import base
+from keras_wsol.methods.base import WSOLModel
+from keras_wsol.methods.hyperparameters import HyperParameter
 
-STAGES = (1, 2)
 #: Constructor arguments that fix the architecture: stage 2 takes them from stage 1.
-ARCHITECTURE = ("num_classes", "backbone", "image_size", "head_channels", "tap", "generator_channels")
+ARCHITECTURE = (*base.ARCHITECTURE, "tap", "generator_channels")
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
 class ORNet(WSOLModel):
-    """Low-level activation maps (stage 1) refined by entropy, area and erasing against an evaluator (stage 2).
+    """Stage 1: low-level activation maps that mask the features the classifier sees (Eq. 1-6).
 
-    Args:
-        stage: 1 or 2.
-        evaluator: stage 2: the frozen classifier (a keras model mapping
-            images of ``image_size`` to logits over the same classes), or its
-            serialized config (when a saved model is loaded).
-        tap: where the backbone is split, ``low`` or ``mid``.
-        generator_channels: width of the generator's encoder-decoder.
-        alpha: weight of the weighted entropy loss (Eq. 10); 0 drops it.
-        beta: weight of the area loss (Eq. 10); 0 drops it.
-        mu, sigma: the Gaussian weighting of Eq. 15.
-        erasing: stage 2: attentive erasing in training.
-        erase_threshold, erase_size, erase_prob: see
-            :func:`keras_wsol.layers.attentive_erasing`.
-        train_shallow: stage 2: step F1^c as well as the generator.
-        seed: seed of the erasing.
-        **kwargs: as :class:`WSOLModel`.
+    The stage-2 settings are declared here too, so one ``--ornet_*`` flag set
+    serves both runs; :meth:`refine` builds the stage-2 model
+    (:class:`ORNetRefinement`) from a stage-1 model and an evaluator.
     """
 
+    method_name = "ornet"
+    hyperparameters = (
+        HyperParameter(
+            "stage",
+            1,
+            "1 trains the generator with the classifier; 2 refines a stage-1 model "
+            "(--ornet_stage1_checkpoint) against a frozen classifier (--ornet_evaluator_checkpoint)",
+            "paper Sec. 3 (two stages)",
+            choices=(1, 2),
+        ),
+        HyperParameter(
+            "tap",
+            "low",
+            "backbone tap the generator reads (the F1/F2 split)",
+            "our reading: the paper's low-level features of the stem",
+            choices=("low", "mid"),
+        ),
+        HyperParameter(
+            "generator_channels",
+            64,
+            "width of the generator's encoder-decoder",
+            "official config C_BASE: 64",
+            minimum=1,
+            aliases=("generator_channels",),
+        ),
+        HyperParameter(
+            "alpha",
+            1.5,
+            "stage 2: weight of the weighted entropy loss (Eq. 10); 0 drops it",
+            "paper Sec. 4.4",
+            minimum=0,
+        ),
+        HyperParameter(
+            "beta", 0.02, "stage 2: weight of the area loss (Eq. 10); 0 drops it", "paper Sec. 4.4", minimum=0
+        ),
+        HyperParameter(
+            "mu", 0.5, "stage 2: mean of the entropy weighting (Eq. 15)", "paper Sec. 3.2.1", aliases=("entropy_mu",)
+        ),
+        HyperParameter(
+            "sigma",
+            0.1,
+            "stage 2: width of the entropy weighting (Eq. 15)",
+            "paper Sec. 3.2.1",
+            minimum=1e-6,
+            aliases=("entropy_sigma",),
+        ),
+        HyperParameter(
+            "erasing",
+            True,
+            "stage 2: attentive erasing in training",
+            "paper Sec. 3.2.2",
+            aliases=("attentive_erasing",),
+        ),
+        HyperParameter(
+            "erase_threshold",
+            0.5,
+            "stage 2: map values above this inside the rectangle may be erased",
+            "our reading: the paper gives no value",
+            minimum=0,
+            maximum=1,
+            aliases=("erase_threshold",),
+        ),
+        HyperParameter(
+            "erase_size",
+            (0.25, 0.75),
+            "stage 2: range of the erasing rectangle's height and width, as fractions of the map side",
+            "our reading: the paper says 'random height and width'",
+            minimum=1e-6,
+            maximum=1,
+            aliases=("erase_size",),
+        ),
+        HyperParameter(
+            "erase_prob",
+            0.5,
+            "stage 2: probability an erasing candidate is dropped",
+            "paper Sec. 3.2.2",
+            minimum=0,
+            maximum=1,
+            aliases=("erase_prob",),
+        ),
+        HyperParameter(
+            "train_shallow",
+            True,
+            "stage 2: step the shallow layers F1 with the generator (Eq. 7-8); false: the generator alone",
+            "paper Eq. 7-8 (both initialized from the first stage)",
+            aliases=("train_shallow",),
+        ),
+        HyperParameter(
+            "refine_learning_rate",
+            1e-4,
+            "stage 2: peak learning rate (--learning_rate is stage 1's)",
+            "paper Sec. 4.1",
+            minimum=0,
+            aliases=("refine_learning_rate",),
+        ),
+        HyperParameter("seed", None, "seed of the erasing; none: random", "our choice", kind=int, flag=""),
+        HyperParameter(
+            "stage1_checkpoint",
+            None,
+            "stage 2: the stage-1 .keras model it starts from",
+            "build input",
+            kind=str,
+            saved=False,
+            aliases=("stage1_checkpoint",),
+        ),
+        HyperParameter(
+            "evaluator_checkpoint",
+            None,
+            "stage 2: a trained classifier .keras (e.g. a --method=cam run's checkpoints/best.keras), frozen",
+            "build input",
+            kind=str,
+            saved=False,
+            aliases=("evaluator_checkpoint",),
+        ),
+    )
     class_agnostic_maps = True
+    #: The stage this class trains.
+    trains_stage = 1
 
-    def __init__(
-        self,
-        *args,
-        stage: int = 1,
-        evaluator: keras.Model | dict | None = None,
-        tap: str = "low",
-        generator_channels: int = 64,
-        alpha: float = 1.5,
-        beta: float = 0.02,
-        mu: float = 0.5,
-        sigma: float = 0.1,
-        erasing: bool = True,
-        erase_threshold: float = 0.5,
-        erase_size: tuple[float, float] = (0.25, 0.75),
-        erase_prob: float = 0.5,
-        train_shallow: bool = True,
-        seed: int | None = None,
-        **kwargs,
-    ):
-        if stage not in STAGES:
-            raise ValueError(f"stage={stage!r}: 1 (generator) or 2 (refinement against an evaluator)")
-        if (stage == 2) != (evaluator is not None):
-            raise ValueError("stage 2 needs an evaluator (a trained classifier), stage 1 takes none")
-        if not 0.0 < erase_size[0] <= erase_size[1] <= 1.0:
-            raise ValueError(f"erase_size={tuple(erase_size)}: two fractions of the map side, 0 < low <= high <= 1")
-        if not 0.0 <= erase_prob <= 1.0:
-            raise ValueError(f"erase_prob={erase_prob}: a probability in [0, 1]")
-        if sigma <= 0:
-            raise ValueError(f"sigma={sigma}: the width of Eq. 15's Gaussian must be positive")
-        self.stage = int(stage)
-        self.tap = tap
-        self.generator_channels = int(generator_channels)
-        self.alpha, self.beta, self.mu, self.sigma = float(alpha), float(beta), float(mu), float(sigma)
-        self.erasing = bool(erasing)
-        self.erase_threshold = float(erase_threshold)
-        self.erase_size = (float(erase_size[0]), float(erase_size[1]))
-        self.erase_prob = float(erase_prob)
-        self.train_shallow = bool(train_shallow)
-        self.seed = seed
-        # Held outside keras' attribute tracking until create_method_state.
-        self._evaluator_source = [evaluator]
-        super().__init__(*args, **kwargs)
-        self._freeze_for_stage()
+    def check_hyperparameters(self) -> None:
+        if self.stage != self.trains_stage:
+            raise ValueError(
+                f"stage {self.stage} needs an evaluator: build it with ORNet.refine(stage1, evaluator)"
+                if self.stage == 2
+                else f"{type(self).__name__} trains stage {self.trains_stage}"
+            )
+        if not self.erase_size[0] <= self.erase_size[1] or len(self.erase_size) != 2:
+            raise ValueError(f"erase_size={self.erase_size}: two fractions of the map side, 0 < low <= high <= 1")
 
     def create_method_state(self) -> None:
         self.shallow, self.deep = split_at_tap(self.backbone, self.tap)
         self.generator = ActivationMapGenerator(self.num_classes, self.generator_channels, name="generator")
         self.aux_conv = keras.layers.Conv2D(self.num_classes, 1, name="aux_conv")
         self.aux_gap = keras.layers.GlobalAveragePooling2D(name="aux_gap")
-        # Every stage-1 weight exists at both stages (``call`` at stage 2 runs the evaluator alone).
         self.stage1_logits(ops.zeros((1, self.image_size, self.image_size, 3)))
-        source = self._evaluator_source.pop()
-        self.evaluator = keras.saving.deserialize_keras_object(source) if isinstance(source, dict) else source
-        if self.evaluator is not None:
-            self._check_evaluator()
-        self.seed_generator = keras.random.SeedGenerator(self.seed, name="erasing_seed")
-        if self.stage == 1:
-            self.add_part_trackers("aux_loss")
-        else:
-            self.add_part_trackers("evaluation_loss", "entropy", "area")
+        self.add_part_trackers("aux_loss")
 
-    def _check_evaluator(self) -> None:
-        side = getattr(self.evaluator, "image_size", self.image_size)
-        if side != self.image_size:
-            raise ValueError(f"the evaluator takes {side}-pixel images, this model {self.image_size}")
-        classes = self.evaluator(ops.zeros((1, side, side, 3)), training=False).shape[-1]
-        if classes != self.num_classes:
-            raise ValueError(f"the evaluator has {classes} classes, this model {self.num_classes}")
+    @classmethod
+    def from_arguments(cls, arguments: dict, load) -> WSOLModel:
+        """Stage 1 from ``arguments``; stage 2 refines ``load("stage1_checkpoint")`` against the evaluator checkpoint.
+
+        At stage 2 the architecture arguments must equal the stage-1 model's.
+        """
+        arguments = dict(arguments)
+        paths = {name: arguments.pop(name, None) for name in ("stage1_checkpoint", "evaluator_checkpoint")}
+        if arguments.pop("stage", 1) == 1:
+            if any(paths.values()):
+                raise ValueError("stage1_checkpoint and evaluator_checkpoint are for stage 2")
+            return cls(**arguments)
+        return cls.refine(load("stage1_checkpoint"), load("evaluator_checkpoint"), **arguments)
+
+    @classmethod
+    def variants(cls, deterministic: bool = False, **arguments) -> dict:
+        """Stage 1, and stage 2 against a CAM evaluator of the same architecture (erasing off if deterministic)."""
+        from keras_wsol.methods.cam import CAM
+
+        def stage2():
+            evaluator = CAM(**{k: v for k, v in arguments.items() if k in base.ARCHITECTURE})
+            return cls.refine(cls(**arguments), evaluator, erasing=not deterministic)
+
+        return {"ornet": lambda: cls(**arguments), "ornet_stage2": stage2}
 
     def stage_parts(self) -> dict[str, list]:
         """``{"trained": [...], "frozen": [...]}``: the layers this stage steps and the ones it leaves alone."""
-        stage1 = [self.shallow, self.generator, self.deep, self.head, self.classifier, self.aux_conv]
-        if self.stage == 1:
-            return {"trained": [p for p in stage1 if p is not None], "frozen": []}
-        trained = [self.generator] + ([self.shallow] if self.train_shallow else [])
-        frozen = [p for p in stage1 + [self.evaluator] if p is not None and p not in trained]
-        return {"trained": trained, "frozen": frozen}
-
-    def _freeze_for_stage(self) -> None:
-        for part in self.stage_parts()["frozen"]:
-            part.trainable = False
-            # Per weight too: a part deserialized with ``trainable=False`` in its
-            # config keeps its sublayers trainable through the setter above.
-            for weight in part.weights:
-                weight.trainable = False
+        parts = [self.shallow, self.generator, self.deep, self.head, self.classifier, self.aux_conv]
+        return {"trained": [p for p in parts if p is not None], "frozen": []}
 
     @classmethod
-    def refine(cls, stage1: ORNet, evaluator: keras.Model, **stage2_args) -> ORNet:
+    def refine(cls, stage1: ORNet, evaluator: keras.Model, **stage2_args) -> ORNetRefinement:
         """A stage-2 model initialised from ``stage1``'s weights, with ``evaluator`` frozen.
 
         ``stage2_args`` are the stage-2 settings (``alpha``, ``erasing``, ...);
         architecture arguments (``ARCHITECTURE``) may be repeated but must
         equal stage 1's.
         """
-        if not isinstance(stage1, ORNet) or stage1.stage != 1:
-            raise ValueError(f"the model to refine must be an ORNet at stage 1, not {type(stage1).__name__}"
-                             + (f" at stage {stage1.stage}" if isinstance(stage1, ORNet) else ""))
+        if type(stage1) is not ORNet:
+            raise ValueError(f"the model to refine must be an ORNet at stage 1, not {type(stage1).__name__}")
         config = stage1.get_config()
         for name in ARCHITECTURE:
             if name in stage2_args and stage2_args[name] != config[name]:
                 raise ValueError(f"{name}={stage2_args[name]!r} but the stage-1 model has {config[name]!r}")
         for name in ("name", "trainable", "dtype", "weights"):
             config.pop(name, None)
-        model = cls(**{**config, **stage2_args, "stage": 2, "evaluator": evaluator})
+        model = ORNetRefinement(**{**config, **stage2_args, "stage": 2}, evaluator=evaluator)
         for part in ("backbone", "generator", "aux_conv", "classifier", "head"):
             if getattr(model, part) is not None:
                 getattr(model, part).set_weights(getattr(stage1, part).get_weights())
@@ -204,12 +272,91 @@ class ORNet(WSOLModel):
         f_a, p_a = self.generator(low, training=training)
         return low, f_a, p_a
 
+    def features(self, images, training=False) -> dict:
+        """``{tap: f^c, "high": F2^c(p^a * f^c), "cam": the classifier's input}``: the taps of stage 1's logits."""
+        low, _, p_a = self.activation_maps(images, training=training)
+        high = self.deep(low * ops.cast(p_a[..., None], low.dtype), training=training)
+        return {self.tap: low, "high": high, "cam": self.head(high) if self.head is not None else high}
+
     def stage1_logits(self, images, training=False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """``(y, y^a, p^a)``: F2^c on ``p^a * f^c`` (Eq. 3), the auxiliary head (Eq. 4) and the map."""
         low, f_a, p_a = self.activation_maps(images, training=training)
         high = self.deep(low * ops.cast(p_a[..., None], low.dtype), training=training)
         cam = self.head(high) if self.head is not None else high
         return self.classifier(self.gap(cam)), self.aux_gap(self.aux_conv(f_a)), p_a
+
+    def call(self, images, training=False, return_maps=False):
+        logits, _, p_a = self.stage1_logits(images, training=training)
+        return (logits, p_a[..., None]) if return_maps else logits
+
+    def logits_and_class_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Logits and ``p^a`` ``[B, h, w]`` (class-agnostic: ``class_ids`` is not used)."""
+        logits, maps = self(images, training=False, return_maps=True)
+        return logits, maps[..., 0]
+
+    # -- training ------------------------------------------------------------
+    def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
+        """Eq. 5 + Eq. 6: the classifier's and the auxiliary head's cross-entropies."""
+        logits, aux_logits, _ = self.stage1_logits(images, training=training)
+        aux = self.classification_loss(labels, aux_logits)
+        return self.classification_loss(labels, logits) + aux, {"aux_loss": aux}, logits
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        loss, parts, logits = self.compute_losses(images, labels, training=False)
+        return self._update_metrics(loss, labels, logits, parts)
+
+
+@keras.saving.register_keras_serializable(package="keras_wsol")
+class ORNetRefinement(ORNet):
+    """Stage 2: the stage-1 generator refined against a frozen evaluator (Eq. 7-16); build it with :meth:`ORNet.refine`.
+
+    Args:
+        evaluator: the frozen classifier (a Keras model mapping images of
+            ``image_size`` to logits over the same classes), or its serialized
+            config (when a saved model is loaded).
+    """
+
+    trains_stage = 2
+    # The shallow layers + generator forward, the evaluator forward on I * p^a, the evaluator backward to
+    # the input, the generator and shallow layers backward: two networks, each once forward and once backward.
+    train_passes = 4
+
+    def __init__(self, *args, evaluator: keras.Model | dict, **kwargs):
+        # A plain attribute until Keras' tracking exists; create_method_state tracks it.
+        self._evaluator_source = evaluator
+        super().__init__(*args, **kwargs)
+        self._freeze_for_stage()
+
+    def create_method_state(self) -> None:
+        super().create_method_state()
+        source = self._evaluator_source
+        self.evaluator = keras.saving.deserialize_keras_object(source) if isinstance(source, dict) else source
+        side = getattr(self.evaluator, "image_size", self.image_size)
+        if side != self.image_size:
+            raise ValueError(f"the evaluator takes {side}-pixel images, this model {self.image_size}")
+        classes = self.evaluator(ops.zeros((1, side, side, 3)), training=False).shape[-1]
+        if classes != self.num_classes:
+            raise ValueError(f"the evaluator has {classes} classes, this model {self.num_classes}")
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="erasing_seed")
+        self.part_trackers.clear()
+        self.add_part_trackers("evaluation_loss", "entropy", "area")
+
+    def stage_parts(self) -> dict[str, list]:
+        trained = [self.generator] + ([self.shallow] if self.train_shallow else [])
+        stage1 = super().stage_parts()["trained"]
+        return {"trained": trained, "frozen": [p for p in stage1 + [self.evaluator] if p not in trained]}
+
+    def _freeze_for_stage(self) -> None:
+        for part in self.stage_parts()["frozen"]:
+            part.trainable = False
+            # Per weight too: a part deserialized with ``trainable=False`` in its
+            # config keeps its sublayers trainable through the setter above.
+            for weight in part.weights:
+                weight.trainable = False
+
+    def optimizer_settings(self) -> dict:
+        return {"learning_rate": self.refine_learning_rate}
 
     def evaluate_maps(self, images, maps) -> tf.Tensor:
         """The evaluator's logits on ``I * maps`` (Eq. 9); ``maps`` ``[B, h, w]`` are upsampled to the input."""
@@ -220,30 +367,26 @@ class ORNet(WSOLModel):
             masked = ops.cast(images, "float32") * up[..., None]
         return self.evaluator(masked, training=False)
 
+    def logits_and_features(self, images, training=False):
+        raise ValueError(
+            "ORNetRefinement's logits are its evaluator's on the whole image, not computed from its "
+            "taps; localize with its own maps (the cam localizer)"
+        )
+
     def call(self, images, training=False, return_maps=False):
-        if self.stage == 1:
-            logits, _, p_a = self.stage1_logits(images, training=training)
-        else:
-            logits = self.evaluator(images, training=False)
-            p_a = self.activation_maps(images, training=training)[2] if return_maps else None
-        return (logits, p_a[..., None]) if return_maps else logits
+        logits = self.evaluator(images, training=False)
+        if not return_maps:
+            return logits
+        return logits, self.activation_maps(images, training=training)[2][..., None]
 
-    def logits_and_class_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
-        """Logits and ``p^a`` ``[B, h, w]`` (class-agnostic: ``class_ids`` is not used)."""
-        logits, maps = self(images, training=False, return_maps=True)
-        return logits, maps[..., 0]
-
-    # -- training ------------------------------------------------------------
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
-        """Stage 1: Eq. 5 + Eq. 6. Stage 2: Eq. 10 with attentive erasing when ``training``."""
-        if self.stage == 1:
-            logits, aux_logits, _ = self.stage1_logits(images, training=training)
-            aux = self.classification_loss(labels, aux_logits)
-            return self.classification_loss(labels, logits) + aux, {"aux_loss": aux}, logits
+        """Eq. 10: evaluation loss on ``I * p^a`` (attentively erased when ``training``) + alpha L_w + beta L_a."""
         _, _, p_a = self.activation_maps(images, training=training)
         shown = p_a
         if training and self.erasing:
-            shown, _ = attentive_erasing(p_a, self.seed_generator, self.erase_threshold, self.erase_size, self.erase_prob)
+            shown, _ = attentive_erasing(
+                p_a, self.seed_generator, self.erase_threshold, self.erase_size, self.erase_prob
+            )
         logits = self.evaluate_maps(images, shown)
         parts = {
             "evaluation_loss": self.classification_loss(labels, logits),
@@ -253,27 +396,5 @@ class ORNet(WSOLModel):
         total = parts["evaluation_loss"] + self.alpha * parts["entropy"] + self.beta * parts["area"]
         return total, parts, logits
 
-    def test_step(self, data):
-        images, labels = data[0], data[1]
-        loss, parts, logits = self.compute_losses(images, labels, training=False)
-        return self._update_metrics(loss, labels, logits, parts)
-
-    # -- serialization ---------------------------------------------------------
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "stage": self.stage,
-            "evaluator": keras.saving.serialize_keras_object(self.evaluator) if self.evaluator is not None else None,
-            "tap": self.tap,
-            "generator_channels": self.generator_channels,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "mu": self.mu,
-            "sigma": self.sigma,
-            "erasing": self.erasing,
-            "erase_threshold": self.erase_threshold,
-            "erase_size": list(self.erase_size),
-            "erase_prob": self.erase_prob,
-            "train_shallow": self.train_shallow,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), "evaluator": keras.saving.serialize_keras_object(self.evaluator)}
