@@ -1,0 +1,358 @@
+"""The evaluate command: a trained workdir, image files, or score maps computed elsewhere.
+
+Run it as ``python evaluate.py`` (a checkout), ``wsol-evaluate`` (installed)
+or ``python -m keras_wsol.cli.evaluate``; the root ``evaluate.py`` lists its
+modes with examples.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import app, flags
+
+from keras_wsol import localizers
+from keras_wsol.atomic import write_json
+from keras_wsol.cli import flags as wsol_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_evaluate_flags() -> None:
+    """The data and protocol flags, and this command's own."""
+    wsol_flags.define_data_flags()
+    if "scoremap_root" in FLAGS:
+        return
+    flags.DEFINE_string("workdir", None, "A train.py workdir (its checkpoints/best.keras and flags.txt are used).")
+    flags.DEFINE_string("checkpoint", None, "A .keras model file; default WORKDIR/checkpoints/best.keras.")
+    flags.DEFINE_enum("split", "test", ("train", "val", "test"), "Split to evaluate.")
+    flags.DEFINE_string("output_dir", None, "Where metrics.json and pictures go; default WORKDIR/eval_SPLIT.")
+    flags.DEFINE_enum(
+        "localizer",
+        "cam",
+        (*localizers.LOCALIZERS, "all"),
+        "How score maps are made from the checkpoint (keras_wsol.localizers); all: sweep them.",
+    )
+    flags.DEFINE_string(
+        "layer",
+        None,
+        "Layer for the localizer: low, mid, high, cam (WSOLModel taps) or a layer name; "
+        "all: every tap. Default: the classifier's layer.",
+    )
+    flags.DEFINE_enum("localizer_score", "logit", ("logit", "softmax"), "Score the localizer differentiates.")
+    flags.DEFINE_enum(
+        "guided",
+        "default",
+        ("default", "on", "off"),
+        "Guided backprop through the ReLUs above the layer (default: on for bagcams only).",
+    )
+    flags.DEFINE_bool(
+        "export",
+        False,
+        "Export the checkpoint as a TF Serving SavedModel (keras_wsol.export) instead of "
+        "evaluating: the box threshold is chosen on the val split; --localizer/--layer pick the score maps.",
+    )
+    flags.DEFINE_string("export_dir", "saved_models", "Export: TF Serving model base folder.")
+    flags.DEFINE_string("model_name", None, "Export: model folder name; default the workdir's name.")
+    flags.DEFINE_integer(
+        "version", None, "Export: version number (must be free); default the next free one.", lower_bound=1
+    )
+    flags.DEFINE_float(
+        "export_threshold", None, "Export: box threshold tau in [0, 1) instead of the one chosen on val."
+    )
+    flags.DEFINE_list(
+        "compare_workdirs",
+        [],
+        "Also draw these train.py workdirs' BoxAcc-versus-threshold curves "
+        "(their own maps, single contour, IoU 0.5) with this one's: box_acc_compare.png and "
+        "threshold_curves.json in the output folder. They must have been trained on the same data.",
+    )
+    flags.DEFINE_list(
+        "images",
+        [],
+        "Localize these image files (any size; JPEG, PNG, GIF, BMP): print the top-5 "
+        "classes and a box, write an overlay PNG each.",
+    )
+    flags.DEFINE_enum(
+        "imagenet",
+        None,
+        ("efficientnet_lite0",),
+        "--images: an ImageNet classifier with offline "
+        "weights (keras_wsol.pretrained) instead of a checkpoint; --image_size defaults to 224 for it.",
+    )
+    flags.DEFINE_bool("imagenet_surgery", False, "--imagenet: run the last stride-2 stage at stride 1 (finer maps).")
+    flags.DEFINE_float(
+        "box_threshold",
+        0.2,
+        "--images: box threshold tau on the min-max normalized map (CAM's fixed 20%, Zhou et al. 2016).",
+        lower_bound=0,
+        upper_bound=0.999,
+    )
+    flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
+    flags.DEFINE_string("output_json", None, "Evaluator-only mode: where to write the metrics.")
+
+
+def evaluate_scoremap_folder() -> dict:
+    """Evaluator-only mode: score maps on disk against a metadata folder."""
+    from keras_wsol import evaluation
+    from keras_wsol.data.metadata import load_masks, read_metadata
+
+    # The folder of one split, or a root holding the --split folder.
+    root = FLAGS.metadata_root
+    if not os.path.isfile(os.path.join(root, "image_ids.txt")) and os.path.isdir(os.path.join(root, FLAGS.split)):
+        root = os.path.join(root, FLAGS.split)
+    meta = read_metadata(root)
+    r = FLAGS.resize_length
+    if meta.is_mask_dataset:
+        if not FLAGS.mask_root:
+            raise app.UsageError(f"--mask_root is required: {root}/localization.txt lists masks")
+        evaluator = evaluation.MaskEvaluator(FLAGS.cam_curve_interval, r)
+    else:
+        evaluator = evaluation.BoxEvaluator(FLAGS.cam_curve_interval, resize_length=r)
+    for image_id in meta.image_ids:
+        path = os.path.join(FLAGS.scoremap_root, image_id + ".npy")
+        try:
+            scoremap = np.load(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: cannot read score map ({error})") from None
+        evaluation.check_scoremap(scoremap, r, where=path)
+        if meta.is_mask_dataset:
+            foreground, ignore = load_masks(meta, image_id, FLAGS.mask_root, r)
+            evaluator.update(scoremap[None], foreground[None], ignore[None])
+        else:
+            boxes = np.array([evaluation.resize_box(b, meta.sizes[image_id], r) for b in meta.boxes[image_id]])
+            evaluator.update(scoremap[None], [boxes])
+    return evaluator.result()
+
+
+def localize_images(options: dict) -> None:
+    """``--images``: top-5 classes, a box and an overlay per file, from --imagenet or a checkpoint."""
+    from keras_wsol import image_files, pretrained
+
+    missing = [path for path in FLAGS.images if not os.path.isfile(path)]
+    if missing:
+        raise app.UsageError(f"--images: no such file: {', '.join(missing)}")
+    if FLAGS.imagenet:
+        try:
+            model = pretrained.imagenet_classifier(
+                FLAGS.imagenet, FLAGS.image_size if FLAGS["image_size"].present else 224, surgery=FLAGS.imagenet_surgery
+            )
+        except RuntimeError as error:
+            raise app.UsageError(f"--imagenet={FLAGS.imagenet}: {error}") from None
+        names = pretrained.imagenet_class_names()
+        out = FLAGS.output_dir or "localized_images"
+    else:
+        if not (FLAGS.workdir or FLAGS.checkpoint):
+            raise app.UsageError("--images needs --imagenet=NETWORK, --workdir or --checkpoint")
+        model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
+        names = None
+        out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), "images")
+    try:
+        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
+        found = image_files.localize_files(localizer, FLAGS.images, names, FLAGS.box_threshold, out)
+    except ValueError as error:
+        raise app.UsageError(f"--images --localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
+    for item in found:
+        x0, y0, x1, y1 = (int(v) for v in item.box)
+        print(
+            f"{item.path}: box x0={x0} y0={y0} x1={x1} y1={y1} (tau {item.threshold:g}, {localizer.name} at "
+            f"{localizer.layer}); overlay {item.overlay}"
+        )
+        for rank, (k, name, p) in enumerate(item.top, 1):
+            print(f"  {rank}. {name} ({k}) {100 * p:.1f}%")
+
+
+def load_model(checkpoint: str):
+    """A checkpoint as a Keras model; a missing file is an error naming it."""
+    import keras
+
+    import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
+
+    if not os.path.isfile(checkpoint):
+        raise app.UsageError(f"no checkpoint at {checkpoint}")
+    return keras.models.load_model(checkpoint), checkpoint
+
+
+def best_checkpoint(workdir: str) -> str:
+    """The checkpoint train.py keeps as a workdir's best (lowest val_loss)."""
+    return os.path.join(workdir, "checkpoints", "best.keras")
+
+
+def run_data_flags(workdir: str) -> dict[str, str]:
+    """The dataset flags a train.py workdir was trained with, from its flags.txt."""
+    flagfile = os.path.join(workdir, "flags.txt")
+    if not os.path.isfile(flagfile):
+        raise app.UsageError(f"--workdir={workdir}: no flags.txt; is it a train.py workdir?")
+    values = {}
+    for arg in FLAGS.read_flags_from_files([f"--flagfile={flagfile}"], force_gnu=False):
+        name, _, value = arg[2:].partition("=")
+        if name in wsol_flags.DATA_FLAGS:
+            values[name] = value
+    return values
+
+
+def compare_curves(model, split, out: str) -> None:
+    """``--compare_workdirs``: BoxAcc-versus-threshold curves of this model and the others, one plot."""
+    import keras
+
+    from keras_wsol import reporting, visualize
+
+    if not FLAGS.workdir:
+        raise app.UsageError("--compare_workdirs needs --workdir (the runs' flags.txt must show the same data)")
+    mine = run_data_flags(FLAGS.workdir)
+    models = {os.path.basename(os.path.normpath(FLAGS.workdir)): model}
+    for workdir in FLAGS.compare_workdirs:
+        theirs = run_data_flags(workdir)
+        differ = [
+            f"--{k}={theirs.get(k)} (here {mine.get(k)})" for k in wsol_flags.DATA_FLAGS if theirs.get(k) != mine.get(k)
+        ]
+        if differ:
+            raise app.UsageError(f"--compare_workdirs: {workdir} was trained on other data: {', '.join(differ)}")
+        checkpoint = best_checkpoint(workdir)
+        if not os.path.isfile(checkpoint):
+            raise app.UsageError(f"--compare_workdirs: no checkpoint at {checkpoint}")
+        # Runs are named by their folder; the whole path where two folders share a name.
+        name = os.path.basename(os.path.normpath(workdir))
+        models[os.path.normpath(workdir) if name in models else name] = keras.models.load_model(checkpoint)
+    taus, curves = reporting.threshold_curves(models, split, wsol_flags.protocol())
+    visualize.plot_box_acc_curves(
+        taus, {}, os.path.join(out, "box_acc_compare.png"), "BoxAcc vs threshold (single contour, IoU 50)", curves
+    )
+    write_json(
+        {"taus": taus.tolist(), **{k: v.tolist() for k, v in curves.items()}},
+        os.path.join(out, "threshold_curves.json"),
+    )
+    print(
+        f"\n{'BoxAcc at tau':22s}"
+        + "".join(f"{t:>7.1f}" for t in np.arange(0.1, 1.0, 0.1))
+        + "   best (tau)   within 5 points"
+    )
+    for name, curve in curves.items():
+        at = [curve[int(round(t / FLAGS.cam_curve_interval))] for t in np.arange(0.1, 1.0, 0.1)]
+        low, high = reporting.threshold_span(taus, curve)
+        print(
+            f"{name:22s}"
+            + "".join(f"{a:7.1f}" for a in at)
+            + f"   {curve.max():5.1f} ({taus[int(np.argmax(curve))]:.2f})   {low:.2f}-{high:.2f}"
+        )
+
+
+def export_checkpoint(model, localizer: localizers.Localizer, checkpoint: str, base: str) -> None:
+    """``--export``: choose the box threshold on val (or take --export_threshold), write the SavedModel."""
+    from keras_wsol import export
+
+    name = FLAGS.model_name or os.path.basename(os.path.normpath(os.path.abspath(base)))
+    try:
+        export.check_model_name(name)
+    except ValueError as error:
+        raise app.UsageError(f"--model_name: {error}") from None
+    if FLAGS.export_threshold is None:
+        try:
+            threshold, accuracy = export.validation_threshold(
+                localizer, wsol_flags.load_split("val"), FLAGS.cam_curve_interval
+            )
+        except ValueError as error:
+            raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}; pass --export_threshold") from None
+        chosen = {"threshold_source": "val split, MaxBoxAcc", "val_MaxBoxAcc": accuracy}
+        print(f"box threshold {threshold:.3f} chosen on the val split (MaxBoxAcc {accuracy:.2f})")
+    else:
+        threshold = FLAGS.export_threshold
+        if not 0 <= threshold < 1:
+            raise app.UsageError(f"--export_threshold={threshold}: must be in [0, 1)")
+        chosen = {"threshold_source": "--export_threshold"}
+    try:
+        path = export.export_model(
+            model,
+            FLAGS.export_dir,
+            name,
+            threshold,
+            localizer,
+            FLAGS.version,
+            metadata={"checkpoint": os.path.abspath(checkpoint), **chosen},
+        )
+    except FileExistsError as error:
+        raise app.UsageError(f"--version={FLAGS.version}: {error}") from None
+    except OSError as error:
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir}: {error}") from None
+    print(
+        f"exported {localizer.name} at layer {localizer.layer} to {path}\n"
+        f"inspect: saved_model_cli show --dir {path} --all"
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from keras_wsol import reporting
+
+    if FLAGS.scoremap_root or FLAGS.output_json:
+        if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):
+            raise app.UsageError("evaluator-only mode needs --scoremap_root, --metadata_root and --output_json")
+        result = evaluate_scoremap_folder()
+        write_json(result, FLAGS.output_json)
+        print(reporting.format_table({"score maps": result}))
+        return
+    options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
+    if FLAGS.images:
+        if "all" in (FLAGS.localizer, FLAGS.layer):
+            raise app.UsageError("--images takes one --localizer and one --layer, not all")
+        localize_images(options)
+        return
+    if not (FLAGS.workdir or FLAGS.checkpoint):
+        raise app.UsageError(
+            "pass --workdir (or --checkpoint), --images, or --scoremap_root/--metadata_root/--output_json"
+        )
+    if FLAGS.workdir:
+        # The dataset flags of the training run, unless given on this command line.
+        for name, value in run_data_flags(FLAGS.workdir).items():
+            if not FLAGS[name].present:
+                FLAGS[name].parse(value)
+    model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
+    base = FLAGS.workdir or os.path.dirname(checkpoint)
+    protocol = wsol_flags.protocol()
+    try:
+        if FLAGS.export:
+            if "all" in (FLAGS.localizer, FLAGS.layer):
+                raise app.UsageError(
+                    "--export bakes one localizer into the model: --localizer and --layer cannot be all"
+                )
+            export_checkpoint(
+                model, localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options), checkpoint, base
+            )
+            return
+        split = wsol_flags.load_split(FLAGS.split)
+        if "all" in (FLAGS.localizer, FLAGS.layer):
+            methods = list(localizers.LOCALIZERS) if FLAGS.localizer == "all" else [FLAGS.localizer]
+            layers = (
+                localizers.feature_layers(model)
+                if FLAGS.layer == "all"
+                else [FLAGS.layer or localizers.classifier_layer(model)]
+            )
+            out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers")
+            results = reporting.sweep_localizers(model, split, methods, layers, protocol, **options)
+            os.makedirs(out, exist_ok=True)
+            write_json(results, os.path.join(out, "localizers.json"))
+            print(reporting.format_table(results))
+            print(f"\nmetrics: {out}/localizers.json")
+            return
+        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
+    except ValueError as error:
+        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
+    suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
+    out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
+    results = reporting.evaluate_split(model, split, out, protocol, localizer=localizer)
+    print(reporting.format_table(results))
+    if FLAGS.compare_workdirs:
+        compare_curves(model, split, out)
+    print(f"\nmetrics and pictures: {out}")
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The evaluate command: define the flags, parse ``argv``, run the mode they ask for."""
+    define_evaluate_flags()
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,259 @@
+"""The train command: flags -> data -> method -> ``model.fit`` -> checkpoints -> test evaluation.
+
+Run it as ``python train.py`` (a checkout), ``wsol-train`` (installed) or
+``python -m keras_wsol.cli.train``; the root ``train.py`` documents the flags
+with examples. Writes to --workdir: flags.txt, checkpoints/{best,last}.keras,
+log.csv, tensorboard/ (with CAM overlays), backup/ (resume), eval_test/
+(metrics.json, pictures). Run the same command again after a crash and it
+continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+from absl import app
+
+from keras_wsol.atomic import write_text
+from keras_wsol.cli import flags as wsol_flags
+
+FLAGS = wsol_flags.FLAGS
+
+
+def build_optimizer(steps: int, kind: str = "same", learning_rate: float | None = None):
+    """The optimizer of --optimizer (or ``kind``) with the --lr_schedule over ``steps`` updates."""
+    import keras
+
+    from keras_wsol import optimizers
+
+    kind = FLAGS.optimizer if kind == "same" else kind
+    lr = FLAGS.learning_rate if learning_rate is None else learning_rate
+    if FLAGS.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1))
+    elif FLAGS.lr_schedule == "step":
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [int(steps * 0.5), int(steps * 0.75)], [lr, lr * 0.1, lr * 0.01]
+        )
+    decay = dict(weight_decay=FLAGS.weight_decay or None, coupled_weight_decay=FLAGS.coupled_weight_decay)
+    if kind == "sgd":
+        return optimizers.SGD(lr, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov, **decay)
+    if kind == "adamw":
+        return optimizers.AdamW(lr, **{**decay, "weight_decay": FLAGS.weight_decay})
+    return optimizers.Adam(lr, **decay)
+
+
+def load_checkpoint(flag: str):
+    """The .keras model named by ``--flag``; a missing flag or unreadable file is an error naming it."""
+    import keras
+
+    import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
+
+    path = FLAGS[flag].value
+    if not path:
+        raise app.UsageError(f"--{flag} is required here")
+    if not os.path.isfile(path):
+        raise app.UsageError(f"--{flag}={path}: no such file")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # a damaged or foreign file raises many types
+        raise app.UsageError(
+            f"--{flag}={path}: cannot load it as a Keras model ({type(error).__name__}: {error})"
+        ) from None
+
+
+def backbone_lr_multiplier() -> float:
+    """--backbone_lr_multiplier, or the papers' 0.1 for pretrained --weights and 1 from random weights."""
+    if FLAGS.backbone_lr_multiplier is not None:
+        return FLAGS.backbone_lr_multiplier
+    return 1.0 if FLAGS.weights in ("none", "") else 0.1
+
+
+def write_flagfile(path: str) -> None:
+    """Save this run's flags so it can be repeated with --flagfile.
+
+    Every flag's value is written, except method hyper-parameters: only the
+    ones given for --method (the others keep the method's declared defaults,
+    which the checkpoint's config records). Aliases are left out.
+    """
+    hyperparameter_flags = wsol_flags.hyperparameter_flags()
+    given = set(wsol_flags.method_arguments(FLAGS.method, flags=True))
+    lines = [
+        f.serialize()
+        for module in (sys.argv[0], wsol_flags.__name__)
+        for f in FLAGS.get_flags_for_module(module)
+        if type(f).__name__ != "_FlagAlias" and (f.name not in hyperparameter_flags or f.name in given)
+    ]
+    write_text(path, "\n".join(sorted(set(lines))) + "\n")
+
+
+def dataset_statistic(name: str, split):
+    """A statistic a method may declare (``HyperParameter.statistic``), computed on the training split."""
+    from keras_wsol.data import pipeline
+
+    if name == "mean_pixel":
+        return pipeline.mean_pixel(split, FLAGS.image_size)
+    raise ValueError(f"unknown dataset statistic {name!r}")
+
+
+def build_model(train, strategy):
+    """The --method model (for multi-stage methods, the stage its flags ask for), built in ``strategy``'s scope."""
+    from keras_wsol.methods import get_method
+    from keras_wsol.methods.hyperparameters import flag_name
+
+    method = get_method(FLAGS.method)
+    arguments = dict(
+        num_classes=train.num_classes,
+        backbone=FLAGS.backbone,
+        image_size=FLAGS.image_size,
+        head_channels=FLAGS.head_channels,
+        weights=FLAGS.weights,
+        backbone_lr_multiplier=backbone_lr_multiplier(),
+        **wsol_flags.method_arguments(FLAGS.method),
+    )
+    if train.indexable:  # a stream keeps the declared default (e.g. the ImageNet mean pixel)
+        for argument, statistic in wsol_flags.dataset_statistics(FLAGS.method).items():
+            arguments[argument] = dataset_statistic(statistic, train)
+    parameters = {p.name: p for p in method.hyperparameters}
+
+    def load(name: str):
+        return load_checkpoint(flag_name(FLAGS.method, parameters[name]))
+
+    with strategy.scope():
+        try:
+            return method.from_arguments(arguments, load)
+        except ValueError as error:
+            raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
+
+
+def training_data(model, train, strategy):
+    """``(dataset, steps per epoch)`` for ``fit``."""
+    import tensorflow as tf
+
+    from keras_wsol.data import pipeline
+
+    replicas = strategy.num_replicas_in_sync
+    try:
+        if model.uses_class_sets:
+            # N classes x S images a batch; --batch_size is for evaluation only.
+            if FLAGS.sets_per_batch % replicas:
+                raise ValueError(
+                    f"--sets_per_batch={FLAGS.sets_per_batch} must be a multiple of the {replicas} "
+                    "replicas, so each replica gets whole class sets"
+                )
+            batch = FLAGS.set_size * FLAGS.sets_per_batch
+            ds = pipeline.class_set_dataset(train, FLAGS.set_size, FLAGS.sets_per_batch, FLAGS.image_size, FLAGS.seed)
+        else:
+            if FLAGS.batch_size % replicas:
+                raise ValueError(
+                    f"--batch_size={FLAGS.batch_size} (global) must be a multiple of the {replicas} replicas"
+                )
+            batch = FLAGS.batch_size
+            ds = pipeline.training_dataset(train, batch, FLAGS.image_size, FLAGS.seed, cache=_cache("train"))
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    steps = len(train) // batch
+    if steps == 0:
+        raise app.UsageError(f"the training batch ({batch} images) is larger than the training split ({len(train)})")
+    options = tf.data.Options()
+    # Indexable sources: every worker runs the pipeline and keeps its share of each global batch.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA if train.indexable else tf.data.experimental.AutoShardPolicy.AUTO
+    )
+    return ds.with_options(options), steps
+
+
+def _cache(split: str) -> str | None:
+    """The --cache value for one split: 'memory', or the file prefix with the split's name."""
+    if not FLAGS.cache or FLAGS.cache == "memory":
+        return FLAGS.cache
+    return f"{FLAGS.cache}_{split}"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import shutil
+
+    import keras
+
+    from keras_wsol import distribute, reporting
+    from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss
+    from keras_wsol.data import pipeline, synthetic
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+    try:
+        strategy = distribute.build_strategy(FLAGS.strategy, FLAGS.tpu)
+    except ValueError as error:
+        raise app.UsageError(f"--strategy={FLAGS.strategy}: {error}") from None
+    chief = distribute.is_chief(strategy)
+    # Other workers of a multi-worker run write to a scratch folder of their own, removed at the end.
+    workdir = FLAGS.workdir if chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
+    os.makedirs(workdir, exist_ok=True)
+    if chief:
+        write_flagfile(os.path.join(workdir, "flags.txt"))
+
+    data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
+    train = data["train"]
+    model = build_model(train, strategy)
+    if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
+        distribute.synchronize_batch_norm(model)
+    train_ds, steps_per_epoch = training_data(model, train, strategy)
+    val_ds = pipeline.eval_dataset(data["val"], FLAGS.batch_size, FLAGS.image_size, cache=_cache("val"))
+
+    with strategy.scope():
+        steps = FLAGS.epochs * steps_per_epoch
+        model.compile(
+            optimizer=build_optimizer(steps, **model.optimizer_settings()),
+            make_optimizer=functools.partial(build_optimizer, steps),
+            jit_compile=FLAGS.jit_compile,
+        )
+    ckpt = os.path.join(workdir, "checkpoints")
+    callbacks = [
+        StopOnNonFiniteLoss(ckpt),  # first: nothing saves NaN weights
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+        AtomicCheckpoint(os.path.join(ckpt, "best.keras"), monitor="val_loss", mode="min"),
+        AtomicCheckpoint(os.path.join(ckpt, "last.keras")),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        CAMOverlayLogger(
+            os.path.join(workdir, "tensorboard"),
+            pipeline.first_images(data["val"], 8, FLAGS.image_size),
+            data["val"].labels[:8],
+        ),
+    ]
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=FLAGS.epochs,
+            callbacks=callbacks,
+            verbose=2,
+            steps_per_epoch=steps_per_epoch if model.uses_class_sets else None,
+        )  # class sets never end
+    except FloatingPointError as error:
+        sys.exit(f"train.py: {error}")
+    if not chief:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+
+    if FLAGS.evaluate:
+        best = keras.models.load_model(os.path.join(ckpt, "best.keras"))
+        out = os.path.join(workdir, "eval_test")
+        results = reporting.evaluate_split(best, data["test"], out, wsol_flags.protocol())
+        print(f"\nTest split ({len(data['test'])} images), {FLAGS.method} / {FLAGS.backbone}:")
+        print(reporting.format_table(results))
+        print(f"\nmetrics and pictures: {out}")
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The train command: define the flags (every registered method's included), parse ``argv``, train."""
+    wsol_flags.define_train_flags()
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()
