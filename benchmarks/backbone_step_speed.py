@@ -10,10 +10,10 @@ ratio column divides each backbone's time by the first backbone's.
 """
 
 import argparse
-import time
 
 import keras
 import numpy as np
+from timing import fastest_train_steps
 
 from keras_wsol.methods import CAM
 from keras_wsol.optimizers import Adam
@@ -28,15 +28,7 @@ def bench(backbones: list[str], size: int, batch: int, rounds: int) -> dict[str,
         keras.utils.set_random_seed(0)
         models[name] = CAM(num_classes=4, backbone=name, image_size=size, backbone_lr_multiplier=0.1)
         models[name].compile(optimizer=Adam(1e-3))
-        for _ in range(2):  # trace and warm up
-            models[name].train_on_batch(x, y)
-    times = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
+    return fastest_train_steps(models, x, y, rounds)
 
 
 def main() -> None:

@@ -66,7 +66,9 @@ def main() -> None:
         by = {(m, layer): r for m, layer, r, _ in rows}
         for layer in ("low", "mid", "high"):
             ratio = by[("bagcams", layer)] / by[("gradcam", layer)]
-            print(f"bagcams / gradcam at {layer}: {ratio:.3f} ({'meets' if ratio <= 1.10 else 'misses'} the 1.10 target)")
+            print(
+                f"bagcams / gradcam at {layer}: {ratio:.3f} ({'meets' if ratio <= 1.10 else 'misses'} the 1.10 target)"
+            )
 
 
 if __name__ == "__main__":

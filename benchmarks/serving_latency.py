@@ -67,12 +67,17 @@ def main() -> None:
     else:
         keras.utils.set_random_seed(0)
         models = [CAM(num_classes=10, backbone=b, image_size=s) for b in args.backbones for s in args.sizes]
-    print(f"{'backbone':12s}{'side':>6s}{'batch':>7s}{'full ms':>10s}{'classify ms':>13s}{'ratio':>8s}  verdict (target 1.30)")
+    print(
+        f"{'backbone':12s}{'side':>6s}{'batch':>7s}{'full ms':>10s}{'classify ms':>13s}{'ratio':>8s}"
+        "  verdict (target 1.30)"
+    )
     for model in models:
         for batch, full, classify in bench(model, args.batches, args.rounds):
             ratio = full / classify
-            print(f"{model.backbone_name:12s}{model.image_size:6d}{batch:7d}{full * 1e3:10.1f}{classify * 1e3:13.1f}"
-                  f"{ratio:8.2f}  {'meets' if ratio <= 1.3 else 'misses'}")
+            print(
+                f"{model.backbone_name:12s}{model.image_size:6d}{batch:7d}{full * 1e3:10.1f}{classify * 1e3:13.1f}"
+                f"{ratio:8.2f}  {'meets' if ratio <= 1.3 else 'misses'}"
+            )
 
 
 if __name__ == "__main__":

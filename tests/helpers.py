@@ -23,7 +23,9 @@ def assert_round_trip(model, path, images, **config):
     loaded = keras.models.load_model(str(path))
     assert type(loaded) is type(model)
     assert {k: loaded.get_config()[k] for k in config} == config
-    np.testing.assert_array_equal(np.asarray(loaded.localization_maps(images)), np.asarray(model.localization_maps(images)))
+    np.testing.assert_array_equal(
+        np.asarray(loaded.localization_maps(images)), np.asarray(model.localization_maps(images))
+    )
     return loaded
 
 

@@ -4,23 +4,33 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import (
+    POLICIES,
+    assert_float32_losses_and_finite_step,
+    assert_round_trip,
+    changed_weights,
+    precision_policy,
+)
 
 from keras_wsol.backbones import build_backbone
-from helpers import POLICIES, assert_float32_losses_and_finite_step, assert_round_trip, changed_weights, precision_policy
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
 from keras_wsol.methods import CAMs2i
 
 
 def test_confidence_mask_and_interaction_loss_equal_hand_computed_values():
-    s2 = np.array([[[0.0, 1.0], [2.0, 5.0]],
-                   [[1.0, 1.0], [1.0, 1.0]]], "float32")
+    s2 = np.array([[[0.0, 1.0], [2.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]]], "float32")
     # Image 0: mu0 = 2, distances (2, 1, 0, 3), mu1 = 1.5: below mu1 -> negated.
     # Image 1: constant map, every distance 0 = mu1 -> kept (0).
     mask = confidence_mask(s2).numpy()
     np.testing.assert_allclose(mask, [[[2.0, -1.0], [0.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]])
-    s1 = np.array([[[0.0, 3.0], [2.0, 5.0]],   # differs from S2 only where the mask is -1: (3 - 1)^2 * -1
-                   [[4.0, 0.0], [0.0, 0.0]]], "float32")
+    s1 = np.array(
+        [
+            [[0.0, 3.0], [2.0, 5.0]],  # differs from S2 only where the mask is -1: (3 - 1)^2 * -1
+            [[4.0, 0.0], [0.0, 0.0]],
+        ],
+        "float32",
+    )
     np.testing.assert_allclose(interaction_per_image(s1, s2, mask).numpy(), [-4.0 / 4, 0.0])
     s1_far = s1 + np.array([[[1.0, 0.0], [0.0, 1.0]]] * 2, "float32")  # + 1 on the confident pixels 0 and 3
     np.testing.assert_allclose(interaction_per_image(s1_far, s2, mask).numpy()[0], (2.0 * 1 - 4.0 + 3.0 * 1) / 4)
@@ -32,7 +42,7 @@ def test_adn_loss_equals_hand_computed_value_and_only_supervises_s2():
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([y1, y2])
         loss = adn_per_image(y1, y2)
-    np.testing.assert_allclose(loss.numpy(), [2 * 0.25 ** 2], rtol=1e-6)
+    np.testing.assert_allclose(loss.numpy(), [2 * 0.25**2], rtol=1e-6)
     assert tape.gradient(loss, y1) is None and np.abs(tape.gradient(loss, y2).numpy()).sum() > 0
 
 
@@ -89,10 +99,12 @@ def test_localization_maps_average_both_classifiers():
     model, x, _ = model_and_batch(3)
     logits, maps = model.logits_and_class_maps(x, np.array([1] * 6))
     (y1, _), (s1, s2) = model.two_classifiers(x)
+
     def norm(m):
         m = m[..., 1].numpy()
         low, high = m.min(axis=(1, 2), keepdims=True), m.max(axis=(1, 2), keepdims=True)
         return (m - low) / (high - low)
+
     np.testing.assert_allclose(maps.numpy(), (norm(s1) + norm(s2)) / 2, atol=1e-5)
     np.testing.assert_allclose(logits.numpy(), y1.numpy(), atol=1e-5)
     assert tuple(model.localization_maps(x).shape) == (6, 32, 32)

@@ -11,13 +11,20 @@ import pytest
 from keras_wsol.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--image_size=40", "--num_classes=3", "--train_images_per_class=8", "--eval_images_per_class=4",
-        "--batch_size=8", "--epochs=2"]
+TINY = [
+    "--image_size=40",
+    "--num_classes=3",
+    "--train_images_per_class=8",
+    "--eval_images_per_class=4",
+    "--batch_size=8",
+    "--epochs=2",
+]
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +37,16 @@ def workdir(tmp_path_factory):
 
 
 def test_train_writes_checkpoints_flags_logs_and_pictures(workdir):
-    for name in ("flags.txt", "log.csv", "checkpoints/best.keras", "checkpoints/last.keras",
-                 "eval_test/metrics.json", "eval_test/overlays.png", "eval_test/box_acc_multi_contour.png",
-                 "eval_test/pr_curve.png"):
+    for name in (
+        "flags.txt",
+        "log.csv",
+        "checkpoints/best.keras",
+        "checkpoints/last.keras",
+        "eval_test/metrics.json",
+        "eval_test/overlays.png",
+        "eval_test/box_acc_multi_contour.png",
+        "eval_test/pr_curve.png",
+    ):
         assert os.path.isfile(os.path.join(workdir, name)), name
     assert "--image_size=40" in open(os.path.join(workdir, "flags.txt")).read()
     metrics = json.load(open(os.path.join(workdir, "eval_test/metrics.json")))
@@ -52,26 +66,48 @@ def test_evaluator_only_mode_boxes_and_masks(tmp_path):
     for image_id, mask in zip(split.image_ids, split.masks):
         os.makedirs(maps / os.path.dirname(image_id), exist_ok=True)
         import cv2
-        np.save(maps / (image_id + ".npy"), cv2.resize(mask.astype(np.float32), (224, 224), interpolation=cv2.INTER_NEAREST))
+
+        np.save(
+            maps / (image_id + ".npy"), cv2.resize(mask.astype(np.float32), (224, 224), interpolation=cv2.INTER_NEAREST)
+        )
     out = tmp_path / "boxes.json"
-    result = run("evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}")
+    result = run(
+        "evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     boxes = json.load(open(out))
-    for key in ("num_images", "cam_curve_interval", "MaxBoxAcc", "MaxBoxAcc_threshold", "MaxBoxAccV2",
-                "MaxBoxAccV2@30", "MaxBoxAccV2@50", "MaxBoxAccV2@70"):
+    for key in (
+        "num_images",
+        "cam_curve_interval",
+        "MaxBoxAcc",
+        "MaxBoxAcc_threshold",
+        "MaxBoxAccV2",
+        "MaxBoxAccV2@30",
+        "MaxBoxAccV2@50",
+        "MaxBoxAccV2@70",
+    ):
         assert key in boxes
     assert boxes["num_images"] == 6 and boxes["MaxBoxAcc"] == 100.0
     out = tmp_path / "masks.json"
-    result = run("evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata_masks/test",
-                 f"--mask_root={tmp_path}/masks", f"--output_json={out}")
+    result = run(
+        "evaluate.py",
+        f"--scoremap_root={maps}",
+        f"--metadata_root={tmp_path}/metadata_masks/test",
+        f"--mask_root={tmp_path}/masks",
+        f"--output_json={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.load(open(out))["PxAP"] == pytest.approx(100.0)
     os.remove(maps / (split.image_ids[1] + ".npy"))
-    result = run("evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}")
+    result = run(
+        "evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}"
+    )
     assert result.returncode != 0 and split.image_ids[1] + ".npy" in result.stderr
 
 
-@pytest.mark.parametrize("flag,choices", [("--method=foo", "cam"), ("--backbone=foo", "mobilenet_v2"), ("--dataset=foo", "synthetic")])
+@pytest.mark.parametrize(
+    "flag,choices", [("--method=foo", "cam"), ("--backbone=foo", "mobilenet_v2"), ("--dataset=foo", "synthetic")]
+)
 def test_unknown_choices_fail_at_once_listing_valid_ones(flag, choices, tmp_path):
     result = run("train.py", flag, f"--workdir={tmp_path}")
     assert result.returncode != 0 and choices in result.stderr and "should be one of" in result.stderr
@@ -82,7 +118,14 @@ def test_evaluate_with_any_localizer_and_the_sweep(workdir, tmp_path):
     result = run("evaluate.py", f"--workdir={workdir}", "--split=val", "--localizer=bagcams", "--layer=mid")
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(os.path.join(workdir, "eval_val_bagcams_mid", "metrics.json"))
-    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", "--localizer=all", "--layer=all", f"--output_dir={tmp_path}")
+    result = run(
+        "evaluate.py",
+        f"--workdir={workdir}",
+        "--split=val",
+        "--localizer=all",
+        "--layer=all",
+        f"--output_dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = json.load(open(tmp_path / "localizers.json"))
     expected = {f"{m}@{layer}" for m in ("gradcam", "gradcam_pp", "pcs", "bagcams") for layer in ("low", "mid", "high")}
@@ -98,14 +141,24 @@ def folder_flags(root) -> list[str]:
     for split, per_class in (("train", 8), ("val", 4), ("test", 4)):
         data = synthetic.generate(split, num_classes=3, images_per_class=per_class, image_size=40)
         synthetic.write_metadata_folder(data, str(root), split)
-    return ["--dataset=folder", f"--data_root={root}/images", f"--metadata_root={root}/metadata",
-            f"--mask_root={root}/masks", f"--mask_metadata_root={root}/metadata_masks"]
+    return [
+        "--dataset=folder",
+        f"--data_root={root}/images",
+        f"--metadata_root={root}/metadata",
+        f"--mask_root={root}/masks",
+        f"--mask_metadata_root={root}/metadata_masks",
+    ]
 
 
 def test_a_metadata_folder_gives_the_numbers_of_the_in_memory_split(workdir, tmp_path):
     flags = folder_flags(tmp_path / "bench")
-    result = run("evaluate.py", f"--checkpoint={workdir}/checkpoints/best.keras", "--image_size=40", *flags,
-                 f"--output_dir={tmp_path}/eval")
+    result = run(
+        "evaluate.py",
+        f"--checkpoint={workdir}/checkpoints/best.keras",
+        "--image_size=40",
+        *flags,
+        f"--output_dir={tmp_path}/eval",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     from_memory = json.load(open(os.path.join(workdir, "eval_test", "metrics.json")))
     assert json.load(open(tmp_path / "eval" / "metrics.json")) == from_memory  # same boxes, masks and pixels
@@ -115,21 +168,30 @@ def test_a_metadata_folder_gives_the_numbers_of_the_in_memory_split(workdir, tmp
     assert metrics["num_images"] == 12 and "PxAP" in metrics
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--dataset=folder"], "--dataset=folder needs --data_root and --metadata_root"),
-    (["--dataset=folder", "--data_root=nowhere", "--metadata_root=nowhere"], "nowhere/train/image_ids.txt: file not found"),
-    (["--dataset=imagenet", "--data_root=nowhere"], "--dataset=imagenet"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--dataset=folder"], "--dataset=folder needs --data_root and --metadata_root"),
+        (
+            ["--dataset=folder", "--data_root=nowhere", "--metadata_root=nowhere"],
+            "nowhere/train/image_ids.txt: file not found",
+        ),
+        (["--dataset=imagenet", "--data_root=nowhere"], "--dataset=imagenet"),
+    ],
+)
 def test_dataset_flags_fail_naming_the_flag_or_file(flags, message, tmp_path):
     result = run("train.py", f"--workdir={tmp_path}", *TINY, *flags, "--tfds_data_dir=" + str(tmp_path / "tfds"))
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-@pytest.mark.parametrize("method,flags", [
-    ("cams2i", ["--classifier_channels=8", "--inter_dim=4", "--set_size=2", "--sets_per_batch=3"]),
-    ("complementary", ["--patch_sizes=32"]),
-])
+@pytest.mark.parametrize(
+    "method,flags",
+    [
+        ("cams2i", ["--classifier_channels=8", "--inter_dim=4", "--set_size=2", "--sets_per_batch=3"]),
+        ("complementary", ["--patch_sizes=32"]),
+    ],
+)
 def test_train_the_published_methods_from_flags(method, flags, tmp_path):
     result = run("train.py", f"--workdir={tmp_path}", f"--method={method}", *TINY, "--epochs=1", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -138,6 +200,7 @@ def test_train_the_published_methods_from_flags(method, flags, tmp_path):
     import keras
 
     import keras_wsol.methods  # noqa: F401  (registers the classes)
+
     model = keras.models.load_model(tmp_path / "checkpoints" / "best.keras")
     if method == "cams2i":
         assert model.uses_class_sets and model.classifier_channels == 8
@@ -147,10 +210,13 @@ def test_train_the_published_methods_from_flags(method, flags, tmp_path):
         assert model.patch_sizes == (32,)
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--method=cams2i", "--backbone=inception_v3"], "s2_tap='mid'"),
-    (["--method=complementary", "--patch_sizes=16,big"], "--patch_sizes: give positive integers"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--method=cams2i", "--backbone=inception_v3"], "s2_tap='mid'"),
+        (["--method=complementary", "--patch_sizes=16,big"], "--complementary_patch_sizes: give int values >= 1"),
+    ],
+)
 def test_method_settings_the_backbone_cannot_take_fail_naming_the_flag(flags, message, tmp_path):
     result = run("train.py", f"--workdir={tmp_path}", *TINY, *flags)
     assert result.returncode != 0 and message in result.stderr
@@ -165,14 +231,28 @@ def test_evaluate_exports_versioned_savedmodels(workdir, tmp_path):
     record = json.load(open(root / "tiny" / "1" / "assets.extra" / "keras_wsol.json"))
     assert record["threshold_source"] == "val split, MaxBoxAcc" and 0 <= record["threshold"] < 1
     assert record["checkpoint"].endswith("best.keras") and os.path.isfile(root / "tiny" / "1" / "saved_model.pb")
-    result = run("evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny",
-                 "--localizer=gradcam", "--layer=mid", "--export_threshold=0.3")
+    result = run(
+        "evaluate.py",
+        f"--workdir={workdir}",
+        "--export",
+        f"--export_dir={root}",
+        "--model_name=tiny",
+        "--localizer=gradcam",
+        "--layer=mid",
+        "--export_threshold=0.3",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.load(open(root / "tiny" / "2" / "assets.extra" / "keras_wsol.json"))
     assert (record["localizer"], record["layer"], record["threshold"]) == ("gradcam", "mid", 0.3)
-    for args, message in ((["--version=1"], "--version=1"), (["--export_threshold=1.5"], "--export_threshold"),
-                          (["--model_name=../x"], "--model_name"), (["--localizer=all"], "cannot be all")):
-        result = run("evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny", *args)
+    for args, message in (
+        (["--version=1"], "--version=1"),
+        (["--export_threshold=1.5"], "--export_threshold"),
+        (["--model_name=../x"], "--model_name"),
+        (["--localizer=all"], "cannot be all"),
+    ):
+        result = run(
+            "evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny", *args
+        )
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert sorted(os.listdir(root / "tiny")) == ["1", "2"]
 
@@ -183,11 +263,19 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     evaluator = os.path.join(workdir, "checkpoints", "best.keras")
     result = run("train.py", f"--workdir={stage1}", "--method=ornet", "--generator_channels=8", *TINY, "--epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
-    refine = ["--method=ornet", "--ornet_stage=2", *TINY, "--epochs=1", f"--evaluator_checkpoint={evaluator}",
-              f"--stage1_checkpoint={stage1 / 'checkpoints' / 'best.keras'}"]
-    for args, message in ((refine[:-1], "--stage1_checkpoint is required"),
-                          (refine[:-2] + [f"--evaluator_checkpoint={tmp_path}/none.keras", refine[-1]], "none.keras: no such file"),
-                          (refine + ["--backbone=vgg16"], "backbone='vgg16' but the stage-1 model has 'small'")):
+    refine = [
+        "--method=ornet",
+        "--ornet_stage=2",
+        *TINY,
+        "--epochs=1",
+        f"--evaluator_checkpoint={evaluator}",
+        f"--stage1_checkpoint={stage1 / 'checkpoints' / 'best.keras'}",
+    ]
+    for args, message in (
+        (refine[:-1], "--ornet_stage1_checkpoint is required"),
+        (refine[:-2] + [f"--evaluator_checkpoint={tmp_path}/none.keras", refine[-1]], "none.keras: no such file"),
+        (refine + ["--backbone=vgg16"], "backbone='vgg16' but the stage-1 model has 'small'"),
+    ):
         result = run("train.py", f"--workdir={tmp_path / 'bad'}", *args)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     result = run("train.py", f"--workdir={stage2}", *refine, "--ornet_alpha=1.0")
@@ -196,6 +284,7 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     import keras
 
     import keras_wsol.methods  # noqa: F401  (registers the classes)
+
     model = keras.models.load_model(stage2 / "checkpoints" / "best.keras")
     original = keras.models.load_model(evaluator)
     assert (model.stage, model.alpha, model.generator_channels) == (2, 1.0, 8)
@@ -205,4 +294,6 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     curves = json.load(open(stage2 / "eval_test" / "threshold_curves.json"))
     assert set(curves) == {"taus", "stage2", "stage1", os.path.basename(workdir)} and len(curves["stage1"]) == 100
     result = run("evaluate.py", f"--workdir={stage2}", "--export", f"--export_dir={tmp_path / 'saved'}")
-    assert result.returncode == 0 and os.path.isfile(tmp_path / "saved" / "stage2" / "1" / "saved_model.pb"), result.stderr[-2000:]
+    assert result.returncode == 0 and os.path.isfile(tmp_path / "saved" / "stage2" / "1" / "saved_model.pb"), (
+        result.stderr[-2000:]
+    )

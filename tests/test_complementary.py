@@ -3,8 +3,14 @@
 import keras
 import numpy as np
 import pytest
+from helpers import (
+    POLICIES,
+    assert_float32_losses_and_finite_step,
+    assert_round_trip,
+    changed_weights,
+    precision_policy,
+)
 
-from helpers import POLICIES, assert_float32_losses_and_finite_step, assert_round_trip, changed_weights, precision_policy
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import attention_fusion_per_image
@@ -22,11 +28,16 @@ def test_x_and_its_complement_hide_each_patch_exactly_once():
     np.testing.assert_allclose(np.where(shown, x, xt), images, rtol=1e-6)  # each pixel shown in exactly one
     np.testing.assert_allclose(np.where(shown, xt, x), np.broadcast_to(fill, images.shape), rtol=1e-6)
     for m in mask:  # constant on the cells of one grid: 5 or 9 px patches from the top-left corner
-        size = next(s for s in (5, 9) if all(
-            (m[r:r + s, c:c + s] == m[r, c]).all() for r in range(0, 64, s) for c in range(0, 64, s)))
+        size = next(
+            s
+            for s in (5, 9)
+            if all((m[r : r + s, c : c + s] == m[r, c]).all() for r in range(0, 64, s) for c in range(0, 64, s))
+        )
         assert size in (5, 9)
     assert 0.2 < mask.mean() < 0.8  # hide probability 0.5
-    again = np.asarray(Complementary(num_classes=2, image_size=64, patch_sizes=(16, 32), seed=3).complementary_pair(images)[2])
+    again = np.asarray(
+        Complementary(num_classes=2, image_size=64, patch_sizes=(16, 32), seed=3).complementary_pair(images)[2]
+    )
     np.testing.assert_array_equal(again, mask)  # reproducible from the seed
 
 
@@ -35,7 +46,7 @@ def test_grid_mask_patches_are_whole_and_fixed_size_works():
     for image in m:
         for r in range(0, 10, 4):
             for c in range(0, 10, 4):
-                assert len(set(image[r:r + 4, c:c + 4].ravel())) == 1
+                assert len(set(image[r : r + 4, c : c + 4].ravel())) == 1
     assert set(np.unique(m)) <= {0.0, 1.0}
 
 

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from keras_wsol import evaluation, reporting
 from keras_wsol.data import metadata, pipeline, splits, synthetic, tfds_sources
+from keras_wsol.evaluation import Protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,16 +43,29 @@ def write_cub_archives(folder, classes=3, per_class=4, seed=0) -> dict:
             image = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
             mask = np.zeros((h, w), np.uint8)
             mask[y : y + bh, x : x + bw] = 255
-            truth[image_id] = dict(label=c, train=k < per_class - 1, box=(x, y, bw, bh), mask=mask,
-                                   jpeg=cv2.imencode(".jpg", image)[1].tobytes())
+            truth[image_id] = dict(
+                label=c,
+                train=k < per_class - 1,
+                box=(x, y, bw, bh),
+                mask=mask,
+                jpeg=cv2.imencode(".jpg", image)[1].tobytes(),
+            )
     ids = list(truth)
     os.makedirs(folder, exist_ok=True)
     with tarfile.open(os.path.join(folder, "CUB_200_2011.tgz"), "w:gz") as tar:
         _add(tar, "CUB_200_2011/images.txt", "".join(f"{i + 1} {n}\n" for i, n in enumerate(ids)).encode())
-        _add(tar, "CUB_200_2011/train_test_split.txt",
-             "".join(f"{i + 1} {int(truth[n]['train'])}\n" for i, n in enumerate(ids)).encode())
-        _add(tar, "CUB_200_2011/bounding_boxes.txt",
-             "".join(f"{i + 1} " + " ".join(f"{float(v)}" for v in truth[n]["box"]) + "\n" for i, n in enumerate(ids)).encode())
+        _add(
+            tar,
+            "CUB_200_2011/train_test_split.txt",
+            "".join(f"{i + 1} {int(truth[n]['train'])}\n" for i, n in enumerate(ids)).encode(),
+        )
+        _add(
+            tar,
+            "CUB_200_2011/bounding_boxes.txt",
+            "".join(
+                f"{i + 1} " + " ".join(f"{float(v)}" for v in truth[n]["box"]) + "\n" for i, n in enumerate(ids)
+            ).encode(),
+        )
         for n in ids:
             _add(tar, f"CUB_200_2011/images/{n}", truth[n]["jpeg"])
     with tarfile.open(os.path.join(folder, "segmentations.tgz"), "w:gz") as tar:
@@ -102,9 +116,23 @@ def test_tfds_cub_is_exported_with_its_boxes_masks_and_splits(cub_root):
 def test_train_py_runs_on_the_prepared_cub(cub_root, tmp_path):
     folder, _ = cub_root
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), "--dataset=cub", f"--tfds_data_dir={os.path.dirname(folder)}",
-         "--cub_val_per_class=1", "--image_size=32", "--batch_size=3", "--epochs=1", f"--workdir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            "--dataset=cub",
+            f"--tfds_data_dir={os.path.dirname(folder)}",
+            "--cub_val_per_class=1",
+            "--image_size=32",
+            "--batch_size=3",
+            "--epochs=1",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(tmp_path / "eval_test" / "metrics.json"))["model"]
     assert metrics["num_images"] == 3 and "PxAP" in metrics and "MaxBoxAccV2" in metrics
@@ -126,8 +154,12 @@ def test_cub_images_read_back_through_the_pipeline(cub_root):
 def test_synthetic_metadata_folder_reads_back_identical_boxes_masks_and_images(tmp_path):
     data = synthetic.generate("test", num_classes=3, images_per_class=3, image_size=40, seed=4)
     synthetic.write_metadata_folder(data, str(tmp_path), "test")
-    split = splits.metadata_split(str(tmp_path / "images"), str(tmp_path / "metadata" / "test"), str(tmp_path / "masks"),
-                                  str(tmp_path / "metadata_masks" / "test"))
+    split = splits.metadata_split(
+        str(tmp_path / "images"),
+        str(tmp_path / "metadata" / "test"),
+        str(tmp_path / "masks"),
+        str(tmp_path / "metadata_masks" / "test"),
+    )
     memory = data.as_split()
     assert split.image_ids == memory.image_ids and (split.labels == memory.labels).all()
     assert all((a == b).all() for a, b in zip(split.boxes, memory.boxes)) and (split.sizes == memory.sizes).all()
@@ -140,7 +172,7 @@ def test_synthetic_metadata_folder_reads_back_identical_boxes_masks_and_images(t
     maps = reporting.baseline_maps("center_gaussian", len(split), 56)
     results = []
     for source in (split, memory):
-        run = reporting.SplitEvaluation(source, 0.01, 56, 0.2)
+        run = reporting.SplitEvaluation(source, Protocol(0.01, 56, 0.2))
         run.update(maps)
         results.append(run.result())
     assert results[0] == results[1] and "PxAP" in results[0]
@@ -150,8 +182,11 @@ def write_imagenet_style_folder(root) -> list[list[tuple[int, int, int, int]]]:
     """ILSVRC-style val folder: JPEGs of several sizes, two or three boxes an image, 0-based labels."""
     rng = np.random.default_rng(7)
     sizes = [(80, 60), (50, 100), (120, 90)]
-    all_boxes = [[(5, 5, 30, 40), (40, 10, 70, 50)], [(0, 0, 49, 20), (10, 30, 40, 90), (20, 60, 45, 99)],
-                 [(30, 20, 100, 80), (2, 2, 20, 20)]]
+    all_boxes = [
+        [(5, 5, 30, 40), (40, 10, 70, 50)],
+        [(0, 0, 49, 20), (10, 30, 40, 90), (20, 60, 45, 99)],
+        [(30, 20, 100, 80), (2, 2, 20, 20)],
+    ]
     lines = {"image_ids.txt": [], "class_labels.txt": [], "image_sizes.txt": [], "localization.txt": []}
     for k, ((w, h), boxes) in enumerate(zip(sizes, all_boxes)):
         image_id = f"val/ILSVRC2012_val_{k + 1:08d}.JPEG"
@@ -172,7 +207,7 @@ def test_imagenet_style_folder_with_several_boxes_per_image(tmp_path):
     split = splits.metadata_split(str(tmp_path / "images"), str(tmp_path / "metadata" / "val"))
     assert [b.tolist() for b in split.boxes] == [[list(b) for b in boxes] for boxes in all_boxes]
     r = 64
-    run = reporting.SplitEvaluation(split, 0.01, r, 0.2)
+    run = reporting.SplitEvaluation(split, Protocol(0.01, r, 0.2))
     expected = [[evaluation.resize_box(b, split.sizes[i], r) for b in boxes] for i, boxes in enumerate(all_boxes)]
     assert [g.tolist() for g in run.gt_boxes] == [[list(b) for b in e] for e in expected]
     # A map that lights only the last box of each image: IoU 1 against that box (best over the GT boxes).
@@ -196,11 +231,14 @@ def test_imagenet_training_stream_from_tfds():
         pipeline.class_set_dataset(split, 2, 2, image_size=32)
 
 
-@pytest.mark.parametrize("damage,message", [
-    ("missing", "No such file"),
-    ("truncated", "truncated image"),
-    ("garbage", "not a JPEG, PNG, GIF or BMP image"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("missing", "No such file"),
+        ("truncated", "truncated image"),
+        ("garbage", "not a JPEG, PNG, GIF or BMP image"),
+    ],
+)
 def test_a_bad_image_is_an_error_naming_the_file(tmp_path, damage, message):
     data = synthetic.generate("val", num_classes=2, images_per_class=2, image_size=32)
     synthetic.write_metadata_folder(data, str(tmp_path), "val")

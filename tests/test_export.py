@@ -1,4 +1,4 @@
-"""SavedModel export: graph boxes against OpenCV, a fresh process serving both signatures, bad input, atomic versions."""
+"""SavedModel export: graph boxes against OpenCV, a fresh process serving both signatures, bad input, versions."""
 
 import json
 import os
@@ -12,13 +12,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import POLICIES, precision_policy
+
 from keras_wsol import evaluation, export, localizers
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.graph_boxes import largest_contour_boxes
+from keras_wsol.maps import upsample_normalized
 from keras_wsol.methods import CAM
-from keras_wsol.methods.base import upsample_normalized
 
 SIDE = 32
 
@@ -145,14 +145,21 @@ def test_fresh_process_serves_both_signatures_like_the_model(trained, tmp_path):
     np.savez(tmp_path / "inputs.npz", images=images, encoded=encoded)
     script = tmp_path / "serve.py"
     script.write_text(FRESH_PROCESS)
-    done = subprocess.run([sys.executable, str(script), path, str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
-                          cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": ""})
+    done = subprocess.run(
+        [sys.executable, str(script), path, str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(tmp_path / "out.npz", allow_pickle=True)
 
     want = expected_outputs(model, threshold, images)
-    decoded = [cv2.cvtColor(cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for e in encoded]
+    decoded = [
+        cv2.cvtColor(cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for e in encoded
+    ]
     want_encoded = [expected_outputs(model, threshold, d[None].astype(np.float32), (SIDE, SIDE)) for d in decoded]
     for key in ("probabilities", "scoremaps"):
         np.testing.assert_allclose(got["images/" + key], want[key], atol=1e-4)
@@ -186,7 +193,9 @@ def test_gradient_localizer_is_baked_in(trained, tmp_path):
     model = trained[0]
     localizer = localizers.get_localizer(model, "bagcams", "mid")
     loaded = tf.saved_model.load(export.export_model(model, str(tmp_path), "bag", 0.5, localizer))
-    images = synthetic.generate("val", num_classes=3, images_per_class=1, image_size=SIDE, seed=2).images.astype(np.float32)
+    images = synthetic.generate("val", num_classes=3, images_per_class=1, image_size=SIDE, seed=2).images.astype(
+        np.float32
+    )
     got = loaded.signatures["serving_default"](images=tf.constant(images))["scoremaps"].numpy()
     np.testing.assert_allclose(got, np.asarray(localizer(images)), atol=1e-4)
     assert json.load(open(tmp_path / "bag" / "1" / export.METADATA_FILE))["layer"] == "mid"
@@ -255,8 +264,13 @@ def test_killed_export_leaves_no_version_and_is_cleaned_up(tmp_path):
     script.write_text(KILLED)
     root = tmp_path / "saved_models"
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": repo})
+    done = subprocess.run(
+        [sys.executable, str(script), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": repo},
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     left = os.listdir(root / "m")
     assert len(left) == 1 and left[0].startswith(".incomplete-1-")  # hidden: TF Serving loads numeric folders only

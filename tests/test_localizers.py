@@ -160,8 +160,13 @@ def test_wsol_model_taps_match_the_layers_behind_them():
     for method in ("gradcam", "bagcams"):
         by_tap = localizers.compute_scoremaps(model, x, method, "mid")
         np.testing.assert_allclose(by_tap, localizers.compute_scoremaps(model, x, method, "block3_relu"), atol=1e-5)
-    np.testing.assert_allclose(localizers.compute_scoremaps(model, x, "cam", class_ids=[2, 1]),
-                               np.asarray(model.localization_maps(x, [2, 1])), atol=1e-6)
+    # The same maps, traced (compute_scoremaps) and eager (localization_maps): float32 rounding differs by up
+    # to ~1.4e-6 on [0, 1] maps with TensorFlow 2.21 on this machine's CPU, so the other checks' 1e-5 applies.
+    np.testing.assert_allclose(
+        localizers.compute_scoremaps(model, x, "cam", class_ids=[2, 1]),
+        np.asarray(model.localization_maps(x, [2, 1])),
+        atol=1e-5,
+    )
     assert localizers.feature_layers(model) == ["low", "mid", "high"]
     with pytest.raises(ValueError, match="classifier's input only"):
         localizers.get_localizer(model, "cam", "low")

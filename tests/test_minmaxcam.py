@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import POLICIES, assert_round_trip, precision_policy
+
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.data.splits import Split
 from keras_wsol.losses import crr_per_set, frr_per_image
@@ -13,8 +13,17 @@ from keras_wsol.methods import MinMaxCAM
 
 
 def test_crr_and_frr_equal_hand_computed_values():
-    f = np.array([[1.0, 2.0], [3.0, 2.0], [0.0, 4.0],    # set 1 (S = 3)
-                  [1.0, 1.0], [1.0, 1.0], [2.0, 1.0]], "float32")  # set 2
+    f = np.array(
+        [
+            [1.0, 2.0],
+            [3.0, 2.0],
+            [0.0, 4.0],  # set 1 (S = 3)
+            [1.0, 1.0],
+            [1.0, 1.0],
+            [2.0, 1.0],
+        ],
+        "float32",
+    )  # set 2
     # Set 1: ||f0-f1||^2 = 4, ||f0-f2||^2 = 1 + 4 = 5, ||f1-f2||^2 = 9 + 4 = 13; mean over pairs 22/3,
     # divided by K = 2 channels.
     # Set 2: 0, 1, 1 -> 2/3 / 2.
@@ -27,7 +36,9 @@ def test_crr_and_frr_equal_hand_computed_values():
 def test_class_set_batches_hold_n_distinct_classes_of_s_images():
     labels = np.repeat(np.arange(6), [7, 7, 7, 7, 7, 3])  # class 5 has fewer than S = 4
     images = np.arange(len(labels), dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 3), np.float32)
-    ds = pipeline.class_set_dataset(Split.from_arrays(images, labels), set_size=4, sets_per_batch=3, seed=5, augmented=False)
+    ds = pipeline.class_set_dataset(
+        Split.from_arrays(images, labels), set_size=4, sets_per_batch=3, seed=5, augmented=False
+    )
     seen = set()
     for x, y in ds.take(40):
         x, y = x.numpy(), y.numpy()
@@ -40,7 +51,9 @@ def test_class_set_batches_hold_n_distinct_classes_of_s_images():
             assert len(set(row)) == (3 if c == 5 else 4)  # distinct, except the short class (with replacement)
         seen.update(sets[:, 0])
     assert seen == set(range(6))
-    again = next(iter(pipeline.class_set_dataset(Split.from_arrays(images, labels), 4, 3, seed=5, augmented=False)))[1].numpy()
+    again = next(iter(pipeline.class_set_dataset(Split.from_arrays(images, labels), 4, 3, seed=5, augmented=False)))[
+        1
+    ].numpy()
     assert (again == next(iter(ds))[1].numpy()).all()  # reproducible from the seed
     with pytest.raises(ValueError, match="--sets_per_batch=7"):
         pipeline.class_set_indices(labels, 4, 7)

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 import pytest
-
 from helpers import POLICIES, precision_policy
+
 from keras_wsol.backbones import BACKBONES, build_backbone
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.methods import CAM, WSOLModel, get_method
@@ -63,7 +63,9 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, CAM) and loaded.get_config()["head_channels"] == 8
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(loaded(x)))
-    np.testing.assert_array_equal(np.asarray(model.class_maps(x, [0, 1, 2, 0])), np.asarray(loaded.class_maps(x, [0, 1, 2, 0])))
+    np.testing.assert_array_equal(
+        np.asarray(model.class_maps(x, [0, 1, 2, 0])), np.asarray(loaded.class_maps(x, [0, 1, 2, 0]))
+    )
 
 
 def test_maps_are_the_classifier_weighted_features():
@@ -71,7 +73,12 @@ def test_maps_are_the_classifier_weighted_features():
     x = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     feats = np.asarray(model.features(x)["cam"])
     kernel = model.classifier.kernel.numpy()
-    np.testing.assert_allclose(np.asarray(model.class_maps(x, [1, 0])), np.stack([feats[0] @ kernel[:, 1], feats[1] @ kernel[:, 0]]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.class_maps(x, [1, 0])),
+        np.stack([feats[0] @ kernel[:, 1], feats[1] @ kernel[:, 0]]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     maps = np.asarray(model.localization_maps(x, [1, 0]))
     assert maps.shape == (2, 32, 32) and maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
 

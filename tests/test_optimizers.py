@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 import pytest
-
 from helpers import changed_weights
+
 from keras_wsol import optimizers
 from keras_wsol.methods import CAM, MinMaxCAM
 
@@ -20,8 +20,11 @@ GRADS = [([0.5, -1.0], [2.0]), ([0.25, 0.5], [-1.0]), ([1.0, 1.0], [0.5])]
 
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
 def test_a_multiplier_equals_a_separate_optimizer_at_that_learning_rate(kind):
-    make = {"adam": lambda lr: optimizers.Adam(lr), "adamw": lambda lr: optimizers.AdamW(lr, weight_decay=0.01),
-            "sgd": lambda lr: optimizers.SGD(lr, momentum=0.9, nesterov=True)}[kind]
+    make = {
+        "adam": lambda lr: optimizers.Adam(lr),
+        "adamw": lambda lr: optimizers.AdamW(lr, weight_decay=0.01),
+        "sgd": lambda lr: optimizers.SGD(lr, momentum=0.9, nesterov=True),
+    }[kind]
     a, b = keras.Variable([1.0, 2.0]), keras.Variable([3.0])
     grouped = make(0.1)
     grouped.set_lr_multipliers([(a, 0.1)])

@@ -5,8 +5,14 @@ import math
 import keras
 import numpy as np
 import pytest
+from helpers import (
+    POLICIES,
+    assert_float32_losses_and_finite_step,
+    assert_round_trip,
+    changed_weights,
+    precision_policy,
+)
 
-from helpers import POLICIES, assert_float32_losses_and_finite_step, assert_round_trip, changed_weights, precision_policy
 from keras_wsol import localizers
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import attentive_erasing
@@ -45,7 +51,9 @@ def test_weighted_entropy_and_area_equal_hand_computed_values():
     expected = (math.log(2) + 2 * math.exp(-8) * h_09 + 0.0) / 4  # Eq. 14: the mean over the 4 pixels
     assert float(weighted_entropy_per_image(maps)[0]) == pytest.approx(expected, rel=1e-5)
     # sigma = inf gives gamma = 1: the plain mean entropy of Eq. 13.
-    assert float(weighted_entropy_per_image(maps, sigma=math.inf)[0]) == pytest.approx((math.log(2) + 2 * h_09) / 4, abs=1e-4)
+    assert float(weighted_entropy_per_image(maps, sigma=math.inf)[0]) == pytest.approx(
+        (math.log(2) + 2 * h_09) / 4, abs=1e-4
+    )
     assert float(area_per_image(maps)[0]) == pytest.approx((0.5 + 0.9 + 0.1 + 1.0) / 4)  # Eq. 16
 
 

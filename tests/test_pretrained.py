@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 ImageNet weights offline: the safe .pth reader, the conversion, real photos, the images command."""
+"""EfficientNet-Lite0 ImageNet weights offline: the safe .pth reader, conversion, real photos, the images command."""
 
 import os
 import pickle
@@ -182,7 +182,10 @@ def test_missing_weights_package_names_the_pip_command(monkeypatch):
 def test_backbone_surgery_and_taps():
     net = backbones.build_backbone("efficientnet_lite0", (224, 224, 3))
     assert {k: tuple(v.shape[1:]) for k, v in net.output.items()} == {
-        "low": (56, 56, 24), "mid": (28, 28, 40), "high": (14, 14, 1280)}
+        "low": (56, 56, 24),
+        "mid": (28, 28, 40),
+        "high": (14, 14, 1280),
+    }
     kept = backbones.build_backbone("efficientnet_lite0", (64, 64, 3), keep_resolution_after="mid")
     assert tuple(kept.output["high"].shape[1:3]) == (8, 8)
     shallow, deep = backbones.split_at_tap(net, "low")
@@ -190,8 +193,13 @@ def test_backbone_surgery_and_taps():
 
 
 def _run_evaluate(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_images_command_prints_top5_and_a_box_and_writes_overlays(tmp_path):
@@ -199,10 +207,16 @@ def test_images_command_prints_top5_and_a_box_and_writes_overlays(tmp_path):
     gray = tmp_path / "gray.png"
     tf.io.write_file(str(gray), tf.io.encode_png(image[:300, :, :1]))
     rgba = tmp_path / "rgba.png"
-    tf.io.write_file(str(rgba), tf.io.encode_png(np.concatenate([image, np.full(image.shape[:2] + (1,), 255, "uint8")], -1)))
+    tf.io.write_file(
+        str(rgba), tf.io.encode_png(np.concatenate([image, np.full(image.shape[:2] + (1,), 255, "uint8")], -1))
+    )
     out = tmp_path / "out"
-    result = _run_evaluate(f"--images={GRACE_HOPPER},{gray},{rgba}", "--imagenet=efficientnet_lite0",
-                           "--localizer=bagcams", f"--output_dir={out}")
+    result = _run_evaluate(
+        f"--images={GRACE_HOPPER},{gray},{rgba}",
+        "--imagenet=efficientnet_lite0",
+        "--localizer=bagcams",
+        f"--output_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith(GRACE_HOPPER))
@@ -219,10 +233,25 @@ def test_images_command_prints_top5_and_a_box_and_writes_overlays(tmp_path):
 
 def test_train_fine_tunes_lite0_offline_with_the_papers_learning_rate_split(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={tmp_path}", "--backbone=efficientnet_lite0",
-         "--weights=imagenet", "--image_size=64", "--num_classes=3", "--train_images_per_class=8",
-         "--eval_images_per_class=4", "--batch_size=8", "--epochs=1", "--noevaluate"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            f"--workdir={tmp_path}",
+            "--backbone=efficientnet_lite0",
+            "--weights=imagenet",
+            "--image_size=64",
+            "--num_classes=3",
+            "--train_images_per_class=8",
+            "--eval_images_per_class=4",
+            "--batch_size=8",
+            "--epochs=1",
+            "--noevaluate",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model = keras.models.load_model(str(tmp_path / "checkpoints" / "best.keras"))
     assert model.get_config()["backbone_lr_multiplier"] == 0.1  # the default with pretrained weights

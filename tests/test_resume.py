@@ -30,9 +30,18 @@ def finished_epochs(workdir) -> int:
 
 
 def test_a_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
-    command = [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={tmp_path}", "--image_size=32",
-               "--num_classes=3", "--train_images_per_class=8", "--eval_images_per_class=2", "--batch_size=8",
-               f"--epochs={EPOCHS}", "--noevaluate"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        f"--workdir={tmp_path}",
+        "--image_size=32",
+        "--num_classes=3",
+        "--train_images_per_class=8",
+        "--eval_images_per_class=2",
+        "--batch_size=8",
+        f"--epochs={EPOCHS}",
+        "--noevaluate",
+    ]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while finished_epochs(tmp_path) < 2 and first.poll() is None and time.time() < deadline:
@@ -48,7 +57,7 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     assert epochs_run[0] == f"{done + 1}/{EPOCHS}" and epochs_run[-1] == f"{EPOCHS}/{EPOCHS}"
     with open(tmp_path / "log.csv") as f:
         logged = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert logged[-(EPOCHS - done):] == list(range(done, EPOCHS))  # the second run went on where the first stopped
+    assert logged[-(EPOCHS - done) :] == list(range(done, EPOCHS))  # the second run went on where the first stopped
     assert not os.path.exists(tmp_path / "backup" / "training_metadata.json")  # finished: the backup is cleared
     assert os.path.isfile(tmp_path / "checkpoints" / "last.keras")
 
@@ -62,9 +71,14 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_state(tmp_path):
     kernel = model.classifier.kernel
     # After epoch 1 is saved, the weights go bad: epoch 2's first step has a NaN loss.
     poison = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: kernel.assign(np.full(kernel.shape, np.nan, "float32")))
-    callbacks = [StopOnNonFiniteLoss(str(tmp_path)), keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
-                 AtomicCheckpoint(last), poison]
+        on_epoch_end=lambda epoch, logs: kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    )
+    callbacks = [
+        StopOnNonFiniteLoss(str(tmp_path)),
+        keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
+        AtomicCheckpoint(last),
+        poison,
+    ]
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 1: the training loss is nan; stopped"):
         model.fit(pipeline.training_dataset(data, 8, seed=0), epochs=3, callbacks=callbacks, verbose=0)
     saved = keras.models.load_model(last)
