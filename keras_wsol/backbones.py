@@ -72,8 +72,15 @@ def _small(input_shape: tuple[int, int, int], weights: str | None, surgery: Surg
 
 # EfficientNet-Lite0 stages: (repeats, kernel, stride, expansion, output channels), the block strings
 # of efficientnet_lite_builder.py (r1_k3_s11_e1_i32_o16 ... r1_k3_s11_e6_i192_o320); stem 32, head 1280.
-_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-                 (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+_LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 #: The first block of the last stride-2 stage: at stride 1 after the WSOL surgery.
 LITE0_LAST_DOWNSAMPLING = "block11_dwconv"
 # batch_norm_epsilon and batch_norm_momentum of the source model's global params (TF's values, which
@@ -105,14 +112,17 @@ def efficientnet_lite0_features(input_shape: tuple[int, int, int], wsol_surgery:
     for repeats, kernel, stride, expansion, out in _LITE0_STAGES:
         for repeat in range(repeats):
             name = f"block{index}"
-            strides = stride if repeat == 0 and not (wsol_surgery and f"{name}_dwconv" == LITE0_LAST_DOWNSAMPLING) else 1
+            strides = (
+                stride if repeat == 0 and not (wsol_surgery and f"{name}_dwconv" == LITE0_LAST_DOWNSAMPLING) else 1
+            )
             y = x
             if expansion != 1:
                 y = keras.layers.Conv2D(channels * expansion, 1, use_bias=False, name=f"{name}_expand_conv")(y)
                 y = keras.layers.BatchNormalization(**_LITE0_BN, name=f"{name}_expand_bn")(y)
                 y = keras.layers.ReLU(6.0, name=f"{name}_expand_relu")(y)
-            y = keras.layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False,
-                                             name=f"{name}_dwconv")(y)
+            y = keras.layers.DepthwiseConv2D(
+                kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_dwconv"
+            )(y)
             y = keras.layers.BatchNormalization(**_LITE0_BN, name=f"{name}_dw_bn")(y)
             y = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(y)
             y = keras.layers.Conv2D(out, 1, use_bias=False, name=f"{name}_project_conv")(y)
@@ -192,9 +202,10 @@ _BUILDERS: dict[str, Callable[[tuple[int, int, int], str | None, Surgery], keras
         keras.applications.ResNet50,
         "caffe",
         {"low": "conv2_block3_out", "mid": "conv3_block4_out", "high": "conv5_block3_out"},
-        {name: {"strides": (1, 1)} for name in (
-            "conv4_block1_1_conv", "conv4_block1_0_conv", "conv5_block1_1_conv", "conv5_block1_0_conv"
-        )},
+        {
+            name: {"strides": (1, 1)}
+            for name in ("conv4_block1_1_conv", "conv4_block1_0_conv", "conv5_block1_1_conv", "conv5_block1_0_conv")
+        },
     ),
     "mobilenet_v2": _application(
         keras.applications.MobileNetV2,
@@ -292,6 +303,7 @@ def split_at_tap(backbone: keras.Model, tap: str) -> tuple[keras.Model, keras.Mo
         shallow = keras.Model(backbone.input, graph.output[tap], name=f"{backbone.name}_to_{tap}")
     else:
         stem = keras.Model(nested.input, nested.output[tap])
-        shallow = keras.Model(backbone.input, stem(backbone.get_layer("preprocess").output),
-                              name=f"{backbone.name}_to_{tap}")
+        shallow = keras.Model(
+            backbone.input, stem(backbone.get_layer("preprocess").output), name=f"{backbone.name}_to_{tap}"
+        )
     return shallow, deep

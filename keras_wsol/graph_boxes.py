@@ -69,7 +69,7 @@ class _Runs:
         if connectivity not in (4, 8):
             raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
         shape = tf.shape(mask)
-        height, width = shape[1], shape[2]
+        height = shape[1]
         starts = mask & ~_shifted(mask, 0, -1, False)
         ends = mask & ~_shifted(mask, 0, 1, False)
         ids = tf.reshape(tf.cumsum(tf.reshape(tf.cast(starts, tf.int32), (-1,))), shape) - 1
@@ -119,13 +119,18 @@ def fill_holes(mask: tf.Tensor) -> tf.Tensor:
     mask = tf.convert_to_tensor(mask, tf.bool)
     height, width = tf.shape(mask)[1], tf.shape(mask)[2]
     background = _Runs(~mask, 4)
-    on_border = (background.row == 0) | (background.row == height - 1) | (background.first == 0) | (background.last == width - 1)
+    on_border = (
+        (background.row == 0)
+        | (background.row == height - 1)
+        | (background.first == 0)
+        | (background.last == width - 1)
+    )
     outside = tf.math.unsorted_segment_max(tf.cast(on_border, tf.int32), background.component, background.count)
     return mask | background.per_pixel(tf.gather(outside, background.component) == 0, False)
 
 
 def largest_contour_boxes(scoremaps: tf.Tensor, threshold: float | tf.Tensor) -> tf.Tensor:
-    """The protocol's single-contour box ``[B, 4]`` int32 (``x0, y0, x1, y1``) of each ``[B, H, W]`` map at ``threshold``.
+    """The protocol's single-contour box ``[B, 4]`` int32 (``x0, y0, x1, y1``) of each ``[B, H, W]`` map at a tau.
 
     ``scoremaps`` are in ``[0, 1]`` (min-max normalized); the box is in map
     pixels, as ``evaluation.boxes_at_threshold(map, threshold)`` gives it.
@@ -149,7 +154,9 @@ def largest_contour_boxes(scoremaps: tf.Tensor, threshold: float | tf.Tensor) ->
 
     # Per image, the largest component; ties go to the later first pixel (larger id).
     ids = tf.range(count)
-    key = tf.where(runs.component == ids, tf.cast(area, tf.int64) * tf.cast(count + 1, tf.int64) + tf.cast(ids, tf.int64), -1)
+    key = tf.where(
+        runs.component == ids, tf.cast(area, tf.int64) * tf.cast(count + 1, tf.int64) + tf.cast(ids, tf.int64), -1
+    )
     best_key = tf.math.unsorted_segment_max(key, runs.batch, batch)
     found = best_key >= 0
     best = tf.cast(tf.where(found, best_key % tf.cast(count + 1, tf.int64), 0), tf.int32)
@@ -158,5 +165,7 @@ def largest_contour_boxes(scoremaps: tf.Tensor, threshold: float | tf.Tensor) ->
     y0 = tf.math.unsorted_segment_min(runs.row, runs.component, count)
     y1 = tf.math.unsorted_segment_max(runs.row, runs.component, count)
     pick = lambda values: tf.gather(tf.concat([values, [0]], 0), tf.where(found, best, count))  # noqa: E731
-    boxes = tf.stack([pick(x0), pick(y0), tf.minimum(pick(x1) + 1, width - 1), tf.minimum(pick(y1) + 1, height - 1)], axis=1)
+    boxes = tf.stack(
+        [pick(x0), pick(y0), tf.minimum(pick(x1) + 1, width - 1), tf.minimum(pick(y1) + 1, height - 1)], axis=1
+    )
     return tf.where(found[:, None], boxes, 0)

@@ -142,8 +142,8 @@ class SpatialSelfAttention(keras.layers.Layer):
         """``K`` ``[B, N, N]``: row ``i`` weighs every position ``j`` for position ``i``."""
         batch = ops.shape(features)[0]
         m = _attention_dtype_cast(ops.reshape(self.query(features), (batch, -1, self.query.filters)))
-        l = _attention_dtype_cast(ops.reshape(self.key(features), (batch, -1, self.key.filters)))
-        return ops.softmax(ops.einsum("bic,bjc->bij", m, l), axis=-1)
+        k = _attention_dtype_cast(ops.reshape(self.key(features), (batch, -1, self.key.filters)))
+        return ops.softmax(ops.einsum("bic,bjc->bij", m, k), axis=-1)
 
     def call(self, features):
         k = self.attention(features)
@@ -154,7 +154,7 @@ class SpatialSelfAttention(keras.layers.Layer):
 
 
 def hide_and_seek_masks(batch: int, height: int, width: int, patch_sizes, seed, hide_prob: float = 0.5):
-    """Grid masks ``[B, H, W]`` (1 shown, 0 hidden): per image a patch size from ``patch_sizes``, each patch hidden with ``hide_prob``.
+    """Grid masks ``[B, H, W]`` (1 shown, 0 hidden): a patch size per image, each patch hidden w.p. ``hide_prob``.
 
     A grid starts at the top-left corner; edge patches are cut by the image
     border. ``1 - mask`` hides exactly the patches this one shows
@@ -269,6 +269,7 @@ def attentive_erasing(maps, seed, threshold: float = 0.5, size_range=(0.25, 0.75
     rows = ops.abs(ops.cast(ops.arange(height)[None, :] - peak_y[:, None], "float32")) <= half_h[:, None]
     cols = ops.abs(ops.cast(ops.arange(width)[None, :] - peak_x[:, None], "float32")) <= half_w[:, None]
     rectangles = ops.logical_and(rows[:, :, None], cols[:, None, :])
-    dropped = ops.logical_and(ops.logical_and(rectangles, maps > threshold),
-                              keras.random.uniform(shape, seed=seed) < drop_prob)
+    dropped = ops.logical_and(
+        ops.logical_and(rectangles, maps > threshold), keras.random.uniform(shape, seed=seed) < drop_prob
+    )
     return ops.where(dropped, 0.0, maps), rectangles

@@ -136,4 +136,5 @@ def set_lr_multipliers(optimizer, multipliers: Iterable[tuple[keras.Variable, fl
     elif any(m != 1.0 for _, m in multipliers):
         raise TypeError(
             f"{type(inner).__name__} has one learning rate for every variable; a backbone learning-rate multiplier "
-            "needs keras_wsol.optimizers.Adam, AdamW or SGD")
+            "needs keras_wsol.optimizers.Adam, AdamW or SGD"
+        )

@@ -78,7 +78,8 @@ class _TensorRef:
     def array(self) -> np.ndarray:
         itemsize = self.storage.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
-            self.storage.data[self.offset:], shape=self.size, strides=tuple(s * itemsize for s in self.stride))
+            self.storage.data[self.offset :], shape=self.size, strides=tuple(s * itemsize for s in self.stride)
+        )
         return np.ascontiguousarray(view)  # a copy, independent of the file buffer
 
 
@@ -105,7 +106,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(
             f"{self._path}: refuses the global {module}.{name}: a weights file needs only OrderedDict, "
             "_rebuild_tensor_v2 and storage types, so this file is not a plain state dict (loading it "
-            "with torch.load could run code)")
+            "with torch.load could run code)"
+        )
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):

@@ -24,7 +24,11 @@ def overlay(image: np.ndarray, scoremap: np.ndarray, alpha: float = 0.5) -> np.n
 
 
 def plot_box_acc_curves(
-    taus: np.ndarray, curves: dict[int, np.ndarray], path: str, title: str = "BoxAcc vs threshold", extra: dict | None = None
+    taus: np.ndarray,
+    curves: dict[int, np.ndarray],
+    path: str,
+    title: str = "BoxAcc vs threshold",
+    extra: dict | None = None,
 ) -> None:
     """BoxAcc per tau for each IoU level, the best tau of each marked; ``extra`` adds labelled curves."""
     fig, ax = plt.subplots(figsize=(6, 4))
