@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import POLICIES, assert_round_trip, precision_policy
+from helpers import POLICIES, assert_round_trip, changed_weights, precision_policy
 
+from keras_wsol import optimizers
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.data.splits import Split
 from keras_wsol.losses import crr_per_set, frr_per_image
@@ -60,8 +61,9 @@ def test_class_set_batches_hold_n_distinct_classes_of_s_images():
 
 
 def model_and_batch(seed=0):
+    """A model whose stage II has an optimizer of its own (the paper's reading)."""
     keras.utils.set_random_seed(seed)
-    model = MinMaxCAM(num_classes=3, backbone="small", image_size=32, set_size=2)
+    model = MinMaxCAM(num_classes=3, backbone="small", image_size=32, set_size=2, stage2_regime="separate")
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), stage2_optimizer=keras.optimizers.SGD(0.5))
     x = np.random.default_rng(seed).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
     return model, x, np.array([0, 0, 1, 1, 2, 2])
@@ -74,7 +76,7 @@ def snapshot(model):
 def test_stage2_changes_only_the_classifier_kernel():
     model, x, y = model_and_batch()
     before = snapshot(model)
-    loss, crr, frr = model.stage2_step(x, y)
+    loss, crr, frr, *_ = model.stage2_step(x, y)
     assert float(crr) > 0 and float(frr) > 0
     after = snapshot(model)
     changed = {path for path in before if not np.array_equal(before[path], after[path])}
@@ -101,7 +103,9 @@ def test_short_fit_on_synthetic_sets_then_save_and_load(tmp_path):
     keras.utils.set_random_seed(2)
     data = synthetic.generate("train", num_classes=4, images_per_class=20, image_size=40)
     ds = pipeline.class_set_dataset(data.as_split(), set_size=4, sets_per_batch=4, seed=0)
-    model = MinMaxCAM(num_classes=4, backbone="small", image_size=40, set_size=4, lambda_frr=10.0)
+    model = MinMaxCAM(
+        num_classes=4, backbone="small", image_size=40, set_size=4, lambda_frr=10.0, stage2_regime="separate"
+    )
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(ds, epochs=4, steps_per_epoch=5, verbose=0).history
     assert history["loss"][-1] < history["loss"][0] and np.isfinite(history["stage2_loss"]).all()
@@ -119,3 +123,75 @@ def test_mixed_precision_losses_stay_float32(policy):
         assert crr.dtype == "float32" and frr.dtype == "float32"
         logs = model.train_on_batch(x, y, return_dict=True)
         assert np.isfinite(logs["loss"]) and np.isfinite(logs["stage2_loss"])
+
+
+def shared_model(seed=0, optimizer=None, **kwargs):
+    """The official regime: one optimizer steps both stages."""
+    keras.utils.set_random_seed(seed)
+    model = MinMaxCAM(num_classes=3, backbone="small", image_size=32, set_size=2, **kwargs)
+    model.compile(optimizer=optimizer or optimizers.SGD(0.1, momentum=0.9))
+    x = np.random.default_rng(seed).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    return model, x, np.array([0, 0, 1, 1, 2, 2])
+
+
+def stage2_gradient(model, x, y):
+    """The gradient of lambda_crr CRR + lambda_frr FRR on the kernel, at the current weights."""
+    with tf.GradientTape() as tape:
+        crr, frr = model.region_losses(x, y)
+        loss = model.lambda_crr * crr + model.lambda_frr * frr
+    return tape.gradient(loss, model.classifier.kernel).numpy()
+
+
+def test_one_optimizer_steps_both_stages_and_the_kernel_momentum_carries_into_stage_ii():
+    model, x, y = shared_model()
+    assert model.stage2_optimizer is model.optimizer
+    kernel = model.classifier.kernel
+    model.stage1_step(x, y)
+    buffer = model.optimizer.momentums[model.optimizer._get_variable_index(kernel)].numpy().copy()
+    assert np.abs(buffer).max() > 0
+    gradient, before = stage2_gradient(model, x, y), kernel.numpy().copy()
+    model.stage2_step(x, y)
+    # torch.optim.SGD: buf = 0.9 buf + g; w -= lr * buf (the stage-I buffer carries over).
+    np.testing.assert_allclose(kernel.numpy(), before - 0.1 * (0.9 * buffer + gradient), rtol=1e-4, atol=1e-6)
+    assert int(model.optimizer.iterations) == 2 and model.optimizer_steps_per_batch == 2
+
+
+def test_with_sgd_doubling_both_lambdas_doubles_the_stage_ii_step():
+    deltas = []
+    for scale in (1.0, 2.0):
+        model, x, y = shared_model(4, optimizers.SGD(0.1), lambda_crr=scale, lambda_frr=scale)
+        before = model.classifier.kernel.numpy().copy()
+        model.stage2_step(x, y)
+        deltas.append(model.classifier.kernel.numpy() - before)
+    assert np.abs(deltas[0]).max() > 0
+    np.testing.assert_allclose(deltas[1], 2 * deltas[0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("regime", ["shared", "shared_zero_grads"])
+def test_the_zero_gradient_regime_steps_every_weight_in_stage_ii(regime):
+    decay = optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4, coupled_weight_decay=True)
+    model, x, y = shared_model(5, decay, stage2_regime=regime)
+    model.stage1_step(x, y)  # momentum in every buffer, no weight at zero
+    changed = changed_weights(model, lambda: model.stage2_step(x, y))
+    trainable = {v.path for v in model.trainable_variables}
+    assert changed == (trainable if regime == "shared_zero_grads" else {model.classifier.kernel.path})
+
+
+def test_gradient_norms_are_logged_and_equal_the_hand_computed_ones():
+    model, x, y = shared_model(6, optimizers.SGD(0.0), lambda_frr=0.0)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert logs["grad_ce"] > 0 and logs["grad_crr"] > 0 and logs["grad_frr"] == 0
+    _, _, _, grad_crr, _ = model.stage2_step(x, y)
+    assert float(grad_crr) == pytest.approx(float(np.linalg.norm(stage2_gradient(model, x, y))), rel=1e-4)
+
+
+def test_the_official_optimizer_is_the_runs_default_and_a_given_flag_wins():
+    model = MinMaxCAM(num_classes=3, backbone="small", image_size=32, set_size=2)
+    settings = model.optimizer_settings()
+    assert (settings["optimizer"], settings["nesterov"], settings["weight_decay"]) == ("sgd", True, 5e-4)
+    assert settings["coupled_weight_decay"] and settings["lr_milestones"] == (0.25, 0.5)
+    assert (
+        MinMaxCAM(num_classes=3, backbone="small", image_size=32, official_optimizer=False).optimizer_settings() == {}
+    )
+    with pytest.raises(ValueError, match="stage2_optimizer is for stage2_regime='separate'"):
+        model.compile(optimizer="sgd", stage2_optimizer="sgd")

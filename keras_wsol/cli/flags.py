@@ -229,6 +229,14 @@ def _valid_list(parameter, values: list[str]) -> bool:
     return True
 
 
+def _increasing_fractions(values: list[str]) -> bool:
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return False
+    return all(0 < a < b < 1 for a, b in zip(numbers, numbers[1:])) and all(0 < n < 1 for n in numbers)
+
+
 def hyperparameter_flags() -> set[str]:
     """The names of every method's own hyper-parameter flags (shared flags such as --set_size excluded)."""
     return {
@@ -290,6 +298,16 @@ def define_train_flags() -> None:
     flags.DEFINE_enum("optimizer", "adam", ("adam", "adamw", "sgd"), "Optimizer.")
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0)
     flags.DEFINE_enum("lr_schedule", "cosine", ("constant", "cosine", "step"), "Learning-rate schedule over training.")
+    flags.DEFINE_list(
+        "lr_milestones",
+        ["0.5", "0.75"],
+        "--lr_schedule=step: the fractions of training where the learning rate is divided by 10.",
+    )
+    flags.register_validator(
+        "lr_milestones",
+        _increasing_fractions,
+        message="--lr_milestones: give increasing fractions in (0, 1), e.g. 0.5,0.75",
+    )
     flags.DEFINE_float(
         "weight_decay", 0.0, "Weight decay: decoupled (adamw, sgd) unless --coupled_weight_decay.", lower_bound=0
     )

@@ -22,25 +22,51 @@ from keras_wsol.cli import flags as wsol_flags
 FLAGS = wsol_flags.FLAGS
 
 
-def build_optimizer(steps: int, kind: str = "same", learning_rate: float | None = None):
-    """The optimizer of --optimizer (or ``kind``) with the --lr_schedule over ``steps`` updates."""
+#: The run's optimizer flags; a method's ``optimizer_settings()`` gives its own defaults for them.
+OPTIMIZER_FLAGS = (
+    "optimizer",
+    "learning_rate",
+    "lr_schedule",
+    "lr_milestones",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "coupled_weight_decay",
+)
+
+
+def optimizer_settings(model) -> dict:
+    """The run's optimizer settings: the flags, with the model's own defaults where a flag was not given."""
+    settings = {name: FLAGS[name].value for name in OPTIMIZER_FLAGS}
+    own = model.optimizer_settings()
+    unknown = sorted(set(own) - set(OPTIMIZER_FLAGS))
+    if unknown:
+        raise ValueError(f"{type(model).__name__}.optimizer_settings names no optimizer flag: {', '.join(unknown)}")
+    settings.update({name: value for name, value in own.items() if not FLAGS[name].present})
+    settings["lr_milestones"] = [float(v) for v in settings["lr_milestones"]]
+    return settings
+
+
+def build_optimizer(steps: int, settings: dict, kind: str = "same", learning_rate: float | None = None):
+    """The optimizer of ``settings`` (``kind``, ``learning_rate`` override them) with its schedule over ``steps``."""
     import keras
 
     from keras_wsol import optimizers
 
-    kind = FLAGS.optimizer if kind == "same" else kind
-    lr = FLAGS.learning_rate if learning_rate is None else learning_rate
-    if FLAGS.lr_schedule == "cosine":
+    kind = settings["optimizer"] if kind == "same" else kind
+    lr = settings["learning_rate"] if learning_rate is None else learning_rate
+    if settings["lr_schedule"] == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1))
-    elif FLAGS.lr_schedule == "step":
+    elif settings["lr_schedule"] == "step":
+        milestones = [int(steps * m) for m in settings["lr_milestones"]]
         lr = keras.optimizers.schedules.PiecewiseConstantDecay(
-            [int(steps * 0.5), int(steps * 0.75)], [lr, lr * 0.1, lr * 0.01]
+            milestones, [lr * 0.1**k for k in range(len(milestones) + 1)]
         )
-    decay = dict(weight_decay=FLAGS.weight_decay or None, coupled_weight_decay=FLAGS.coupled_weight_decay)
+    decay = dict(weight_decay=settings["weight_decay"] or None, coupled_weight_decay=settings["coupled_weight_decay"])
     if kind == "sgd":
-        return optimizers.SGD(lr, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov, **decay)
+        return optimizers.SGD(lr, momentum=settings["momentum"], nesterov=settings["nesterov"], **decay)
     if kind == "adamw":
-        return optimizers.AdamW(lr, **{**decay, "weight_decay": FLAGS.weight_decay})
+        return optimizers.AdamW(lr, **{**decay, "weight_decay": settings["weight_decay"]})
     return optimizers.Adam(lr, **decay)
 
 
@@ -206,9 +232,13 @@ def main(argv: list[str]) -> None:
 
     with strategy.scope():
         steps = FLAGS.epochs * steps_per_epoch
+        try:
+            settings = optimizer_settings(model)
+        except ValueError as error:
+            raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
         model.compile(
-            optimizer=build_optimizer(steps, **model.optimizer_settings()),
-            make_optimizer=functools.partial(build_optimizer, steps),
+            optimizer=build_optimizer(steps * model.optimizer_steps_per_batch, settings),
+            make_optimizer=functools.partial(build_optimizer, steps, settings),
             jit_compile=FLAGS.jit_compile,
         )
     ckpt = os.path.join(workdir, "checkpoints")

@@ -136,8 +136,13 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         return {cls.method_name: lambda: cls(**arguments)}
 
     def optimizer_settings(self) -> dict:
-        """Overrides of the run's optimizer settings for this model (e.g. a stage's own learning rate)."""
+        """The method's own defaults for the run's optimizer flags (``optimizer``, ``learning_rate``,
+        ``lr_schedule``, ``lr_milestones``, ``momentum``, ``nesterov``, ``weight_decay``,
+        ``coupled_weight_decay``); a flag given on the command line wins."""
         return {}
+
+    #: Applies of the run's optimizer per training batch (its schedule counts every one).
+    optimizer_steps_per_batch = 1
 
     def backbone_options(self) -> dict:
         """Extra ``build_backbone`` arguments of a method (called by ``__init__``; plain attributes are set)."""

@@ -166,7 +166,7 @@ class ORNet(WSOLModel):
         HyperParameter(
             "refine_learning_rate",
             1e-4,
-            "stage 2: peak learning rate (--learning_rate is stage 1's)",
+            "stage 2: peak learning rate (--learning_rate is stage 1's, and wins when given at stage 2)",
             "paper Sec. 4.1",
             minimum=0,
             aliases=("refine_learning_rate",),
