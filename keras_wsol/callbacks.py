@@ -1,4 +1,4 @@
-"""Training callbacks: atomic checkpoints, a stop on NaN losses, and CAM overlays in TensorBoard.
+"""Training callbacks: atomic checkpoints, validation localization, a stop on NaN losses, CAM overlays.
 
 Example:
     >>> cb = AtomicCheckpoint("/tmp/best.keras", monitor="val_loss", mode="min")
@@ -41,7 +41,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         record = self.path + ".json"
         if self._first_epoch and epoch > 0 and self.monitor and os.path.isfile(record) and os.path.isfile(self.path):
             with open(record) as f:
-                self.best = self.sign * float(json.load(f)[self.monitor])
+                kept = json.load(f).get(self.monitor)
+            if kept is not None:  # a record of another criterion does not count
+                self.best = self.sign * float(kept)
         self._first_epoch = False
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -55,6 +57,35 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             self.model.save(tmp)
         if self.monitor is not None:
             write_json({"epoch": epoch + 1, self.monitor: float(logs[self.monitor])}, self.path + ".json")
+
+
+class ValidationLocalization(keras.callbacks.Callback):
+    """Score the model's own maps on a labelled split at each epoch end: ``logs["val_localization"]``.
+
+    MaxBoxAccV2 on a box split, PxAP on a mask-only split, under the run's
+    protocol settings (the localizer is CAM at the classifier, i.e. each
+    method's own maps). Put it before the callbacks that read the value (a
+    checkpoint monitoring ``val_localization``, the CSV and TensorBoard logs).
+    Selecting the checkpoint by it is what the protocol's code
+    (wsolevaluation main.py: the "best" checkpoint is the best validation
+    localization) and the official MinMaxCAM code (train.py: mean MaxBoxAcc at
+    IoU 30/50/70 on the validation split) do.
+    """
+
+    def __init__(self, split, protocol, batch_size: int = 64):
+        super().__init__()
+        if not (split.has_boxes or split.masks is not None):
+            raise ValueError("validation localization needs a split with boxes or masks")
+        self.split, self.protocol, self.batch_size = split, protocol, batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from keras_wsol import localizers, reporting
+
+        localizer = localizers.get_localizer(self.model, "cam")
+        result = reporting.score(localizer, self.split, self.protocol, self.batch_size)[0]["model"].result()
+        value = result["MaxBoxAccV2"] if self.split.has_boxes else result["PxAP"]
+        if logs is not None:
+            logs["val_localization"] = float(value)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

@@ -355,4 +355,11 @@ def define_train_flags() -> None:
         "the global batch (as on one device); --nosync_batchnorm keeps per-replica statistics.",
     )
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step.")
+    flags.DEFINE_enum(
+        "select_checkpoint",
+        "val_loss",
+        ("val_loss", "val_localization"),
+        "Which epoch checkpoints/best.keras keeps: the lowest validation loss, or the best validation localization "
+        "(MaxBoxAccV2, PxAP for masks; each epoch's maps scored on the val split, logged as val_localization).",
+    )
     flags.DEFINE_boolean("evaluate", True, "Evaluate the best checkpoint on the test split at the end.")

@@ -205,7 +205,7 @@ def main(argv: list[str]) -> None:
     import keras
 
     from keras_wsol import distribute, reporting
-    from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss
+    from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss, ValidationLocalization
     from keras_wsol.data import pipeline, synthetic
 
     keras.utils.set_random_seed(FLAGS.seed)
@@ -242,10 +242,21 @@ def main(argv: list[str]) -> None:
             jit_compile=FLAGS.jit_compile,
         )
     ckpt = os.path.join(workdir, "checkpoints")
+    selection = []
+    if FLAGS.select_checkpoint == "val_localization":
+        try:
+            selection = [ValidationLocalization(data["val"], wsol_flags.protocol(), FLAGS.batch_size)]
+        except ValueError as error:
+            raise app.UsageError(f"--select_checkpoint=val_localization: {error}") from None
     callbacks = [
         StopOnNonFiniteLoss(ckpt),  # first: nothing saves NaN weights
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
-        AtomicCheckpoint(os.path.join(ckpt, "best.keras"), monitor="val_loss", mode="min"),
+        *selection,  # before the checkpoint and the logs that read val_localization
+        AtomicCheckpoint(
+            os.path.join(ckpt, "best.keras"),
+            monitor=FLAGS.select_checkpoint,
+            mode="min" if FLAGS.select_checkpoint == "val_loss" else "max",
+        ),
         AtomicCheckpoint(os.path.join(ckpt, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
