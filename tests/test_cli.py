@@ -48,7 +48,10 @@ def test_train_writes_checkpoints_flags_logs_and_pictures(workdir):
         "eval_test/pr_curve.png",
     ):
         assert os.path.isfile(os.path.join(workdir, name)), name
-    assert "--image_size=40" in open(os.path.join(workdir, "flags.txt")).read()
+    recorded = open(os.path.join(workdir, "flags.txt")).read()
+    assert "--image_size=40" in recorded
+    # Only the given flags: a repeat lets a method's own optimizer defaults apply again.
+    assert "--optimizer=" not in recorded and "--learning_rate=" not in recorded
     metrics = json.load(open(os.path.join(workdir, "eval_test/metrics.json")))
     assert metrics["model"]["num_images"] == 12 and set(metrics) == {"model", "full_image", "center_gaussian"}
 

@@ -5,23 +5,9 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT}
-
-
-def python(code: str, **kwargs) -> subprocess.CompletedProcess:
-    """A fresh process: logical devices are fixed when TensorFlow starts."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=ENV,
-        **kwargs,
-    )
 
 
 def _free_port() -> int:

@@ -180,7 +180,7 @@ def best_checkpoint(workdir: str) -> str:
 
 
 def run_data_flags(workdir: str) -> dict[str, str]:
-    """The dataset flags a train.py workdir was trained with, from its flags.txt."""
+    """The dataset flags a train.py workdir was trained with, from its flags.txt (only the given ones)."""
     flagfile = os.path.join(workdir, "flags.txt")
     if not os.path.isfile(flagfile):
         raise app.UsageError(f"--workdir={workdir}: no flags.txt; is it a train.py workdir?")
@@ -192,6 +192,15 @@ def run_data_flags(workdir: str) -> dict[str, str]:
     return values
 
 
+def run_data(workdir: str) -> dict:
+    """Every dataset flag's value in a workdir's run (its flags.txt, defaults for the flags it did not give)."""
+    given = run_data_flags(workdir)
+    return {
+        name: FLAGS[name].parser.parse(given[name]) if name in given else FLAGS[name].default
+        for name in wsol_flags.DATA_FLAGS
+    }
+
+
 def compare_curves(model, split, out: str) -> None:
     """``--compare_workdirs``: BoxAcc-versus-threshold curves of this model and the others, one plot."""
     import keras
@@ -200,10 +209,10 @@ def compare_curves(model, split, out: str) -> None:
 
     if not FLAGS.workdir:
         raise app.UsageError("--compare_workdirs needs --workdir (the runs' flags.txt must show the same data)")
-    mine = run_data_flags(FLAGS.workdir)
+    mine = run_data(FLAGS.workdir)
     models = {os.path.basename(os.path.normpath(FLAGS.workdir)): model}
     for workdir in FLAGS.compare_workdirs:
-        theirs = run_data_flags(workdir)
+        theirs = run_data(workdir)
         differ = [
             f"--{k}={theirs.get(k)} (here {mine.get(k)})" for k in wsol_flags.DATA_FLAGS if theirs.get(k) != mine.get(k)
         ]

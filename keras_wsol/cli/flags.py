@@ -237,22 +237,12 @@ def _increasing_fractions(values: list[str]) -> bool:
     return all(0 < a < b < 1 for a, b in zip(numbers, numbers[1:])) and all(0 < n < 1 for n in numbers)
 
 
-def hyperparameter_flags() -> set[str]:
-    """The names of every method's own hyper-parameter flags (shared flags such as --set_size excluded)."""
-    return {
-        flag_name(name, p)
-        for name, cls in METHODS.items()
-        for p in cls.hyperparameters
-        if flag_name(name, p) and not p.flag
-    }
-
-
-def method_arguments(method_name: str, flags: bool = False) -> dict:
+def method_arguments(method_name: str) -> dict:
     """Constructor arguments of ``method_name`` from the flags given on the command line (a method never reads flags).
 
     Hyper-parameters whose flag was not given keep the method's declared
     default. Another method's flag given with a value other than its default
-    is an error naming it. ``flags=True`` keys the result by flag name.
+    is an error naming it.
     """
     strays = [
         f"--{flag_name(other, p)}"
@@ -273,7 +263,7 @@ def method_arguments(method_name: str, flags: bool = False) -> dict:
             continue
         value = FLAGS[flag].value
         value = [parameter.value_type(v) for v in value] if parameter.is_tuple else value
-        arguments[flag if flags else parameter.name] = value
+        arguments[parameter.name] = value
     return arguments
 
 

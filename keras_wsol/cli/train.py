@@ -97,19 +97,19 @@ def backbone_lr_multiplier() -> float:
 
 
 def write_flagfile(path: str) -> None:
-    """Save this run's flags so it can be repeated with --flagfile.
+    """Save the flags given on this run's command line, so ``--flagfile`` repeats the same command.
 
-    Every flag's value is written, except method hyper-parameters: only the
-    ones given for --method (the others keep the method's declared defaults,
-    which the checkpoint's config records). Aliases are left out.
+    Only the given flags: the others keep their defaults on a repeat, and
+    a method's own defaults for the optimizer flags (``optimizer_settings``)
+    apply again instead of being pinned to the flags' generic defaults. The
+    model's hyper-parameters, defaults included, are in the checkpoint's
+    config. Aliases are written under their flag's own name.
     """
-    hyperparameter_flags = wsol_flags.hyperparameter_flags()
-    given = set(wsol_flags.method_arguments(FLAGS.method, flags=True))
     lines = [
         f.serialize()
         for module in (sys.argv[0], wsol_flags.__name__)
         for f in FLAGS.get_flags_for_module(module)
-        if type(f).__name__ != "_FlagAlias" and (f.name not in hyperparameter_flags or f.name in given)
+        if f.present and type(f).__name__ != "_FlagAlias"
     ]
     write_text(path, "\n".join(sorted(set(lines))) + "\n")
 
