@@ -48,11 +48,17 @@ Surgery = dict[str, dict]
 _POOL_STRIDE_ONE = {"strides": (1, 1), "padding": "same"}
 
 
-def _small(input_shape: tuple[int, int, int], weights: str | None, surgery: Surgery) -> keras.Model:
+def _small(
+    input_shape: tuple[int, int, int], weights: str | None, surgery: Surgery, input_statistics=None
+) -> keras.Model:
     if weights == "imagenet":
         raise ValueError("--weights=imagenet: the 'small' backbone has no ImageNet weights; use none or a file")
     inputs = keras.Input(input_shape)
-    x = Preprocess("unit", name="preprocess")(inputs)
+    if input_statistics is None:
+        x = Preprocess("unit", name="preprocess")(inputs)
+    else:
+        mean, std = input_statistics
+        x = Preprocess("standardize", mean=mean, std=std, name="preprocess")(inputs)
     taps = {}
     for i, (filters, tap) in enumerate(((16, None), (32, "low"), (64, "mid"), (128, "high"))):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
@@ -251,6 +257,7 @@ def build_backbone(
     input_shape: tuple[int, int, int],
     weights: str | None = None,
     keep_resolution_after: str | None = None,
+    input_statistics: tuple | None = None,
 ) -> keras.Model:
     """Build backbone ``name`` (one of :data:`BACKBONES`) for ``input_shape``.
 
@@ -263,6 +270,10 @@ def build_backbone(
             (for ``small`` and ``efficientnet_lite0``, of this backbone).
         keep_resolution_after: a tap (``"low"`` or ``"mid"``) whose resolution
             ``high`` keeps: the max-pools in between run with stride 1.
+        input_statistics: ``small`` only: ``(mean, std)`` RGB in [0, 255] units
+            to standardize its input with (a dataset's), instead of scaling to
+            [0, 1]; its zero point, where masked pixels go, is then the mean
+            colour. The other backbones normalize as their ImageNet weights expect.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -278,6 +289,13 @@ def build_backbone(
                 f"it can after: {', '.join(resolution_keeping_taps(name)) or 'no tap'}"
             )
         surgery = {layer: _POOL_STRIDE_ONE for layer in _DOWNSAMPLING_AFTER[name][keep_resolution_after]}
+    if input_statistics is not None:
+        if name != "small":
+            raise ValueError(
+                f"input_statistics: backbone {name} normalizes its input as its ImageNet weights expect; "
+                "dataset statistics are for the small backbone"
+            )
+        return _small(input_shape, weights, surgery, input_statistics)
     return _BUILDERS[name](input_shape, weights, surgery)
 
 

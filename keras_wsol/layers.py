@@ -26,16 +26,24 @@ class Preprocess(keras.layers.Layer):
     Modes: ``"tf"`` ([-1, 1], MobileNetV2/InceptionV3), ``"caffe"`` (BGR minus
     the ImageNet mean, VGG16/ResNet50), ``"torch"`` (RGB minus the ImageNet
     mean, divided by its std: torchvision's ``Normalize``, EfficientNet-Lite0's
-    PyTorch weights), ``"unit"`` ([0, 1], the small backbone).
+    PyTorch weights), ``"unit"`` ([0, 1], the small backbone), ``"standardize"``
+    (minus ``mean``, divided by ``std``: RGB in [0, 255] units, e.g. a
+    dataset's statistics, so its zero point is the dataset's mean colour).
     """
 
-    MODES = ("tf", "caffe", "torch", "unit")
+    MODES = ("tf", "caffe", "torch", "unit", "standardize")
 
-    def __init__(self, mode: str, **kwargs):
+    def __init__(self, mode: str, mean=None, std=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise ValueError(f"unknown preprocessing mode {mode!r}; choose one of {self.MODES}")
+        if (mode == "standardize") != (mean is not None and std is not None):
+            raise ValueError("mean and std (RGB) go with mode 'standardize', and only with it")
+        if mode == "standardize" and (len(mean) != 3 or len(std) != 3 or min(std) <= 0):
+            raise ValueError(f"mean={mean}, std={std}: three values each, std positive")
         self.mode = mode
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
 
     @property
     def zero_point(self) -> tuple[float, float, float]:
@@ -52,6 +60,8 @@ class Preprocess(keras.layers.Layer):
             return (0.0, 0.0, 0.0)
         if self.mode == "torch":
             return _TORCH_MEAN_RGB
+        if self.mode == "standardize":
+            return self.mean
         return tuple(reversed(_CAFFE_MEAN_BGR))
 
     def call(self, images):
@@ -60,13 +70,15 @@ class Preprocess(keras.layers.Layer):
             return images / 127.5 - 1.0
         if self.mode == "unit":
             return images / 255.0
-        if self.mode == "torch":
-            mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in (_TORCH_MEAN_RGB, _TORCH_STD_RGB))
+        if self.mode in ("torch", "standardize"):
+            statistics = (_TORCH_MEAN_RGB, _TORCH_STD_RGB) if self.mode == "torch" else (self.mean, self.std)
+            mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in statistics)
             return (images - mean) / std
         return images[..., ::-1] - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode}
+        extra = {"mean": list(self.mean), "std": list(self.std)} if self.mode == "standardize" else {}
+        return {**super().get_config(), "mode": self.mode, **extra}
 
 
 def _attention_dtype_cast(x):

@@ -300,3 +300,19 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     assert result.returncode == 0 and os.path.isfile(tmp_path / "saved" / "stage2" / "1" / "saved_model.pb"), (
         result.stderr[-2000:]
     )
+
+
+def test_input_normalization_by_the_datasets_statistics(tmp_path):
+    result = run(
+        "train.py", f"--workdir={tmp_path}", *TINY, "--epochs=1", "--noevaluate", "--input_normalization=dataset"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import keras
+
+    import keras_wsol.methods  # noqa: F401  (registers the classes)
+
+    model = keras.models.load_model(tmp_path / "checkpoints" / "best.keras")
+    train = synthetic.generate("train", num_classes=3, images_per_class=8, image_size=40)
+    np.testing.assert_allclose(model.input_statistics[0], train.images.reshape(-1, 3).mean(axis=0), rtol=1e-5)
+    result = run("train.py", f"--workdir={tmp_path}/x", *TINY, "--input_normalization=dataset", "--backbone=vgg16")
+    assert result.returncode != 0 and "--input_normalization=dataset is for --backbone=small" in result.stderr

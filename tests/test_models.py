@@ -103,3 +103,20 @@ def test_mixed_precision_cam_keeps_losses_and_maps_float32(policy):
         assert total.dtype == "float32" and model.localization_maps(data.images[:2]).dtype == "float32"
         losses = [model.train_on_batch(data.images, data.labels, return_dict=True)["loss"] for _ in range(3)]
     assert np.isfinite(losses).all()
+
+
+def test_masked_pixels_equal_the_dataset_mean_after_preprocessing():
+    split = synthetic.generate("train", num_classes=2, images_per_class=6, image_size=32).as_split(2)
+    mean, std = pipeline.pixel_statistics(split, 32)
+    pixels = split.arrays.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-5)
+    model = CAM(num_classes=2, backbone="small", image_size=32, input_statistics=(mean, std))
+    images = split.arrays[:2].astype("float32")
+    masked = model.mask_images(images, np.zeros((2, 32, 32), "float32"))  # every pixel masked
+    np.testing.assert_allclose(np.asarray(masked)[0, 0, 0], mean, rtol=1e-6)
+    preprocess = model.backbone.get_layer("preprocess")
+    assert float(np.abs(np.asarray(preprocess(masked))).max()) < 1e-4  # the zero of what the network sees
+    assert CAM.from_config(model.get_config()).input_statistics == model.input_statistics
+    with pytest.raises(ValueError, match="dataset statistics are for the small backbone"):
+        CAM(num_classes=2, backbone="mobilenet_v2", image_size=32, input_statistics=(mean, std))

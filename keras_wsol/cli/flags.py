@@ -168,6 +168,14 @@ def define_model_flags() -> None:
     flags.DEFINE_integer(
         "head_channels", 0, "Width of an extra 3x3 conv before GAP (1024 for VGG16 CAM); 0 for none.", lower_bound=0
     )
+    flags.DEFINE_enum(
+        "input_normalization",
+        "unit",
+        ("unit", "dataset"),
+        "small backbone: scale pixels to [0, 1], or standardize them with the training split's mean and std, so a "
+        "masked pixel (the preprocessing's zero point) is the dataset's mean colour, as the official codes' masks "
+        "of normalized tensors are. The other backbones normalize as their ImageNet weights expect.",
+    )
     # Class-set batches (methods whose uses_class_sets is true): read by the data pipeline too.
     flags.DEFINE_integer("set_size", 5, "Images per class set, S (class-set methods).", lower_bound=2)
     flags.DEFINE_integer(

@@ -138,6 +138,14 @@ def build_model(train, strategy):
         backbone_lr_multiplier=backbone_lr_multiplier(),
         **wsol_flags.method_arguments(FLAGS.method),
     )
+    if FLAGS.input_normalization == "dataset":
+        if FLAGS.backbone != "small":
+            raise app.UsageError(f"--input_normalization=dataset is for --backbone=small, not {FLAGS.backbone}")
+        if not train.indexable:
+            raise app.UsageError("--input_normalization=dataset needs an indexable training split, not a stream")
+        from keras_wsol.data import pipeline
+
+        arguments["input_statistics"] = pipeline.pixel_statistics(train, FLAGS.image_size)
     if train.indexable:  # a stream keeps the declared default (e.g. the ImageNet mean pixel)
         for argument, statistic in wsol_flags.dataset_statistics(FLAGS.method).items():
             arguments[argument] = dataset_statistic(statistic, train)

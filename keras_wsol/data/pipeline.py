@@ -265,12 +265,23 @@ def first_images(split: Split, count: int, image_size: int | None = None) -> np.
     return np.concatenate([images.numpy() for images, _ in batches])
 
 
+def pixel_statistics(
+    split: Split, image_size: int | None = None, count: int = 1000, batch_size: int = 100
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` per RGB channel of the first ``count`` images at ``image_size``, in [0, 255] units."""
+    total, squares, pixels = np.zeros(3), np.zeros(3), 0
+    for images, _ in eval_dataset(split.head(count), batch_size, image_size):
+        values = images.numpy().reshape(-1, 3).astype(np.float64)
+        total += values.sum(axis=0)
+        squares += np.square(values).sum(axis=0)
+        pixels += len(values)
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - np.square(mean), 0.0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def mean_pixel(
     split: Split, image_size: int | None = None, count: int = 1000, batch_size: int = 100
 ) -> tuple[float, float, float]:
     """Mean RGB of the first ``count`` images at ``image_size`` (hide-and-seek's fill value)."""
-    total, pixels = np.zeros(3), 0
-    for images, _ in eval_dataset(split.head(count), batch_size, image_size):
-        total += images.numpy().reshape(-1, 3).sum(axis=0, dtype=np.float64)
-        pixels += int(np.prod(images.shape[:3]))
-    return tuple(float(v) for v in total / pixels)
+    return pixel_statistics(split, image_size, count, batch_size)[0]

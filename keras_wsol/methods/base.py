@@ -49,6 +49,10 @@ class WSOLModel(MultiWorkerFit, keras.Model):
             new layers' (0.1 when fine-tuning ImageNet weights, as every paper
             here does: backbone 1e-4, new layers 1e-3); applied by ``compile``
             to every optimizer the model steps (:mod:`keras_wsol.optimizers`).
+        input_statistics: ``small`` backbone: ``(mean, std)`` RGB of the
+            training data to standardize the input with, so masked pixels
+            (``mask_images``, the preprocessing's zero point) take the dataset's
+            mean colour, as the official codes' masks of normalized tensors do.
         **hyperparameters: the method's declared hyper-parameters (below, for
             a method class), and Keras' ``name``/``dtype``/``trainable``.
     """
@@ -74,6 +78,7 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         weights: str | None = None,
         head_channels: int = 0,
         backbone_lr_multiplier: float = 1.0,
+        input_statistics: tuple | None = None,
         **kwargs,
     ):
         values = {p.name: kwargs.pop(p.name, p.default) for p in self.hyperparameters}
@@ -92,10 +97,19 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         self.image_size = image_size
         self.weights_source = weights
         self.head_channels = head_channels
+        self.input_statistics = (
+            None if input_statistics is None else tuple(tuple(float(v) for v in part) for part in input_statistics)
+        )
         for parameter in self.hyperparameters:
             setattr(self, parameter.name, parameter.convert(values[parameter.name]))
         self.check_hyperparameters()
-        self.backbone = build_backbone(backbone, (image_size, image_size, 3), weights, **self.backbone_options())
+        self.backbone = build_backbone(
+            backbone,
+            (image_size, image_size, 3),
+            weights,
+            input_statistics=self.input_statistics,
+            **self.backbone_options(),
+        )
         self.head = (
             keras.layers.Conv2D(head_channels, 3, padding="same", activation="relu", name="cam_head")
             if head_channels
@@ -300,6 +314,7 @@ class WSOLModel(MultiWorkerFit, keras.Model):
             "weights": self.weights_source,
             "head_channels": self.head_channels,
             "backbone_lr_multiplier": self.backbone_lr_multiplier,
+            "input_statistics": None if self.input_statistics is None else [list(p) for p in self.input_statistics],
             **{p.name: p.to_config(getattr(self, p.name)) for p in self.hyperparameters if p.saved},
         }
 
