@@ -12,7 +12,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from keras_wsol import localizers
+from keras_wsol import image_files, localizers
 from keras_wsol.atomic import write_json
 from keras_wsol.cli import flags as wsol_flags
 
@@ -84,7 +84,7 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_bool("imagenet_surgery", False, "--imagenet: run the last stride-2 stage at stride 1 (finer maps).")
     flags.DEFINE_float(
         "box_threshold",
-        0.2,
+        image_files.DEFAULT_BOX_THRESHOLD,
         "--images: box threshold tau on the min-max normalized map (CAM's fixed 20%, Zhou et al. 2016).",
         lower_bound=0,
         upper_bound=0.999,
@@ -128,7 +128,7 @@ def evaluate_scoremap_folder() -> dict:
 
 def localize_images(options: dict) -> None:
     """``--images``: top-5 classes, a box and an overlay per file, from --imagenet or a checkpoint."""
-    from keras_wsol import image_files, pretrained
+    from keras_wsol import pretrained
 
     missing = [path for path in FLAGS.images if not os.path.isfile(path)]
     if missing:

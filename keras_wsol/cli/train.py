@@ -114,13 +114,20 @@ def write_flagfile(path: str) -> None:
     write_text(path, "\n".join(sorted(set(lines))) + "\n")
 
 
-def dataset_statistic(name: str, split):
-    """A statistic a method may declare (``HyperParameter.statistic``), computed on the training split."""
+def dataset_statistics(split):
+    """``statistic(name)``: the training split's ``mean_pixel`` or ``std_pixel`` (RGB), computed once when asked."""
     from keras_wsol.data import pipeline
 
-    if name == "mean_pixel":
-        return pipeline.mean_pixel(split, FLAGS.image_size)
-    raise ValueError(f"unknown dataset statistic {name!r}")
+    computed = []
+
+    def statistic(name: str):
+        if name not in ("mean_pixel", "std_pixel"):
+            raise ValueError(f"unknown dataset statistic {name!r}")
+        if not computed:
+            computed.append(pipeline.pixel_statistics(split, FLAGS.image_size))
+        return computed[0][0 if name == "mean_pixel" else 1]
+
+    return statistic
 
 
 def build_model(train, strategy):
@@ -138,17 +145,16 @@ def build_model(train, strategy):
         backbone_lr_multiplier=backbone_lr_multiplier(),
         **wsol_flags.method_arguments(FLAGS.method),
     )
+    statistics = dataset_statistics(train)
     if FLAGS.input_normalization == "dataset":
         if FLAGS.backbone != "small":
             raise app.UsageError(f"--input_normalization=dataset is for --backbone=small, not {FLAGS.backbone}")
         if not train.indexable:
             raise app.UsageError("--input_normalization=dataset needs an indexable training split, not a stream")
-        from keras_wsol.data import pipeline
-
-        arguments["input_statistics"] = pipeline.pixel_statistics(train, FLAGS.image_size)
+        arguments["input_statistics"] = (statistics("mean_pixel"), statistics("std_pixel"))
     if train.indexable:  # a stream keeps the declared default (e.g. the ImageNet mean pixel)
         for argument, statistic in wsol_flags.dataset_statistics(FLAGS.method).items():
-            arguments[argument] = dataset_statistic(statistic, train)
+            arguments[argument] = statistics(statistic)
     parameters = {p.name: p for p in method.hyperparameters}
 
     def load(name: str):

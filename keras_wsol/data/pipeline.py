@@ -278,10 +278,3 @@ def pixel_statistics(
     mean = total / pixels
     std = np.sqrt(np.maximum(squares / pixels - np.square(mean), 0.0))
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
-def mean_pixel(
-    split: Split, image_size: int | None = None, count: int = 1000, batch_size: int = 100
-) -> tuple[float, float, float]:
-    """Mean RGB of the first ``count`` images at ``image_size`` (hide-and-seek's fill value)."""
-    return pixel_statistics(split, image_size, count, batch_size)[0]

@@ -41,7 +41,7 @@ class HyperParameter:
         flag: a shared flag that sets it (e.g. ``set_size``, read by the data
             pipeline too) instead of ``--<method>_<name>``; ``""`` for no flag.
         aliases: older flag names that still work.
-        statistic: filled from the training data by the CLI (``"mean_pixel"``);
+        statistic: filled from the training data by the CLI (``"mean_pixel"`` or ``"std_pixel"``);
             no flag.
         saved: part of ``get_config`` (False for build inputs such as
             checkpoint paths).

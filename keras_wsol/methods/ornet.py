@@ -202,7 +202,7 @@ class ORNet(WSOLModel):
                 if self.stage == 2
                 else f"{type(self).__name__} trains stage {self.trains_stage}"
             )
-        if not self.erase_size[0] <= self.erase_size[1] or len(self.erase_size) != 2:
+        if len(self.erase_size) != 2 or not self.erase_size[0] <= self.erase_size[1]:
             raise ValueError(f"erase_size={self.erase_size}: two fractions of the map side, 0 < low <= high <= 1")
 
     def create_method_state(self) -> None:
