@@ -15,8 +15,8 @@ from keras import ops
 # keras.applications "caffe" preprocessing: RGB -> BGR, ImageNet mean subtracted.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # torchvision's ImageNet normalization (RGB mean and std of [0, 1] pixels), scaled to [0, 255].
-_TORCH_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-_TORCH_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+TORCH_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+TORCH_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -59,7 +59,7 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "unit":
             return (0.0, 0.0, 0.0)
         if self.mode == "torch":
-            return _TORCH_MEAN_RGB
+            return TORCH_MEAN_RGB
         if self.mode == "standardize":
             return self.mean
         return tuple(reversed(_CAFFE_MEAN_BGR))
@@ -71,7 +71,7 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "unit":
             return images / 255.0
         if self.mode in ("torch", "standardize"):
-            statistics = (_TORCH_MEAN_RGB, _TORCH_STD_RGB) if self.mode == "torch" else (self.mean, self.std)
+            statistics = (TORCH_MEAN_RGB, TORCH_STD_RGB) if self.mode == "torch" else (self.mean, self.std)
             mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in statistics)
             return (images - mean) / std
         return images[..., ::-1] - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)

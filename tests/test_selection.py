@@ -47,7 +47,7 @@ def test_the_best_validation_localization_is_kept_and_a_resumed_run_compares_aga
     assert run([75.0], 4) == {"epoch": 5, "val_localization": 75.0}
 
 
-def test_train_selects_by_validation_localization_from_the_command_line(tmp_path):
+def test_train_selects_by_validation_localization_by_default(tmp_path):
     args = [
         "--image_size=32",
         "--num_classes=3",
@@ -55,8 +55,7 @@ def test_train_selects_by_validation_localization_from_the_command_line(tmp_path
         "--eval_images_per_class=4",
         "--batch_size=8",
         "--epochs=2",
-        "--noevaluate",
-        "--select_checkpoint=val_localization",
+        "--noevaluate",  # selection by val localization is the default
     ]
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={tmp_path}", *args],

@@ -170,11 +170,12 @@ def define_model_flags() -> None:
     )
     flags.DEFINE_enum(
         "input_normalization",
-        "unit",
+        "dataset",
         ("unit", "dataset"),
-        "small backbone: scale pixels to [0, 1], or standardize them with the training split's mean and std, so a "
-        "masked pixel (the preprocessing's zero point) is the dataset's mean colour, as the official codes' masks "
-        "of normalized tensors are. The other backbones normalize as their ImageNet weights expect.",
+        "small backbone: standardize pixels with the training split's mean and std (default), so a masked pixel "
+        "(the preprocessing's zero point) is the dataset's mean colour, as the official codes' masks of normalized "
+        "tensors are; or scale them to [0, 1] (unit), where a masked pixel is black. The other backbones "
+        "normalize as their ImageNet weights expect and refuse this flag when it is given.",
     )
     # Class-set batches (methods whose uses_class_sets is true): read by the data pipeline too.
     flags.DEFINE_integer("set_size", 5, "Images per class set, S (class-set methods).", lower_bound=2)
@@ -355,9 +356,11 @@ def define_train_flags() -> None:
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step.")
     flags.DEFINE_enum(
         "select_checkpoint",
-        "val_loss",
+        "val_localization",
         ("val_loss", "val_localization"),
-        "Which epoch checkpoints/best.keras keeps: the lowest validation loss, or the best validation localization "
-        "(MaxBoxAccV2, PxAP for masks; each epoch's maps scored on the val split, logged as val_localization).",
+        "Which epoch checkpoints/best.keras keeps (and the final evaluation scores): the best validation "
+        "localization (default; MaxBoxAccV2, PxAP for masks; each epoch's maps scored on the val split, logged as "
+        "val_localization), as the protocol's code and the official MinMaxCAM code keep; or the lowest validation "
+        "loss. A val split without boxes or masks falls back to val_loss unless this flag is given.",
     )
     flags.DEFINE_boolean("evaluate", True, "Evaluate the best checkpoint on the test split at the end.")

@@ -14,7 +14,7 @@ import functools
 import os
 import sys
 
-from absl import app
+from absl import app, logging
 
 from keras_wsol.atomic import write_text
 from keras_wsol.cli import flags as wsol_flags
@@ -146,12 +146,19 @@ def build_model(train, strategy):
         **wsol_flags.method_arguments(FLAGS.method),
     )
     statistics = dataset_statistics(train)
-    if FLAGS.input_normalization == "dataset":
-        if FLAGS.backbone != "small":
-            raise app.UsageError(f"--input_normalization=dataset is for --backbone=small, not {FLAGS.backbone}")
-        if not train.indexable:
+    given = FLAGS["input_normalization"].present
+    if given and FLAGS.backbone != "small":
+        raise app.UsageError(f"--input_normalization is for --backbone=small, not {FLAGS.backbone}")
+    if FLAGS.input_normalization == "dataset" and FLAGS.backbone == "small":
+        if train.indexable:
+            arguments["input_statistics"] = (statistics("mean_pixel"), statistics("std_pixel"))
+        elif given:
             raise app.UsageError("--input_normalization=dataset needs an indexable training split, not a stream")
-        arguments["input_statistics"] = (statistics("mean_pixel"), statistics("std_pixel"))
+        else:  # a stream's statistics are unknown before it is read: ImageNet's, as the hide fill's default
+            from keras_wsol.layers import TORCH_MEAN_RGB, TORCH_STD_RGB
+
+            logging.info("Training split is a stream: the small backbone standardizes with ImageNet's mean and std")
+            arguments["input_statistics"] = (TORCH_MEAN_RGB, TORCH_STD_RGB)
     if train.indexable:  # a stream keeps the declared default (e.g. the ImageNet mean pixel)
         for argument, statistic in wsol_flags.dataset_statistics(FLAGS.method).items():
             arguments[argument] = statistics(statistic)
@@ -256,20 +263,23 @@ def main(argv: list[str]) -> None:
             jit_compile=FLAGS.jit_compile,
         )
     ckpt = os.path.join(workdir, "checkpoints")
-    selection = []
-    if FLAGS.select_checkpoint == "val_localization":
+    monitor, selection = FLAGS.select_checkpoint, []
+    if monitor == "val_localization":
         try:
             selection = [ValidationLocalization(data["val"], wsol_flags.protocol(), FLAGS.batch_size)]
         except ValueError as error:
-            raise app.UsageError(f"--select_checkpoint=val_localization: {error}") from None
+            if FLAGS["select_checkpoint"].present:
+                raise app.UsageError(f"--select_checkpoint=val_localization: {error}") from None
+            logging.info("checkpoints/best.keras keeps the lowest val_loss: %s", error)
+            monitor = "val_loss"
     callbacks = [
         StopOnNonFiniteLoss(ckpt),  # first: nothing saves NaN weights
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
         *selection,  # before the checkpoint and the logs that read val_localization
         AtomicCheckpoint(
             os.path.join(ckpt, "best.keras"),
-            monitor=FLAGS.select_checkpoint,
-            mode="min" if FLAGS.select_checkpoint == "val_loss" else "max",
+            monitor=monitor,
+            mode="min" if monitor == "val_loss" else "max",
         ),
         AtomicCheckpoint(os.path.join(ckpt, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
