@@ -45,7 +45,10 @@ TAPS = ("low", "mid", "high")
 
 
 Surgery = dict[str, dict]
-_POOL_STRIDE_ONE = {"strides": (1, 1), "padding": "same"}
+# A max-pool at stride 1 for ``keep_resolution_after``: 3x3 and 'same', centred on its pixel, as ACoL's
+# stride-1 pools are (a 2x2 stride-1 'same' pool would shift the map half a cell against the image).
+_CENTRED_POOL = {"pool_size": (3, 3), "strides": (1, 1), "padding": "same"}
+_CONV_STRIDE_ONE = {"strides": (1, 1)}  # an odd kernel with 'same' padding: centred at stride 1
 
 
 def _small(
@@ -238,12 +241,21 @@ BACKBONES = tuple(_BUILDERS)
 # The downsampling layers between a tap and ``high``, per backbone: the taps
 # ``keep_resolution_after`` accepts. ResNet50's and MobileNetV2's last stages
 # already run at stride 1 after the standard surgery.
-_DOWNSAMPLING_AFTER: dict[str, dict[str, tuple[str, ...]]] = {
-    "small": {"low": ("block2_pool", "block3_pool"), "mid": ("block3_pool",)},
-    "vgg16": {"low": ("block3_pool", "block4_pool"), "mid": ("block4_pool",)},
-    "resnet50": {"mid": ()},
-    "mobilenet_v2": {"mid": ()},
-    "efficientnet_lite0": {"low": ("block3_dwconv", "block5_dwconv"), "mid": ("block5_dwconv",)},
+_DOWNSAMPLING_AFTER: dict[str, dict[str, Surgery]] = {
+    "small": {
+        "low": {"block2_pool": _CENTRED_POOL, "block3_pool": _CENTRED_POOL},
+        "mid": {"block3_pool": _CENTRED_POOL},
+    },
+    "vgg16": {
+        "low": {"block3_pool": _CENTRED_POOL, "block4_pool": _CENTRED_POOL},
+        "mid": {"block4_pool": _CENTRED_POOL},
+    },
+    "resnet50": {"mid": {}},
+    "mobilenet_v2": {"mid": {}},
+    "efficientnet_lite0": {
+        "low": {"block3_dwconv": _CONV_STRIDE_ONE, "block5_dwconv": _CONV_STRIDE_ONE},
+        "mid": {"block5_dwconv": _CONV_STRIDE_ONE},
+    },
 }
 
 
@@ -269,7 +281,8 @@ def build_backbone(
             or a path to a ``.weights.h5`` file of the keras.applications model
             (for ``small`` and ``efficientnet_lite0``, of this backbone).
         keep_resolution_after: a tap (``"low"`` or ``"mid"``) whose resolution
-            ``high`` keeps: the max-pools in between run with stride 1.
+            ``high`` keeps: the downsampling layers in between run with stride 1
+            (max-pools as centred 3x3 pools).
         input_statistics: ``small`` only: ``(mean, std)`` RGB in [0, 255] units
             to standardize its input with (a dataset's), instead of scaling to
             [0, 1]; its zero point, where masked pixels go, is then the mean
@@ -288,7 +301,7 @@ def build_backbone(
                 f"backbone {name} cannot keep the resolution of tap {keep_resolution_after!r} up to 'high'; "
                 f"it can after: {', '.join(resolution_keeping_taps(name)) or 'no tap'}"
             )
-        surgery = {layer: _POOL_STRIDE_ONE for layer in _DOWNSAMPLING_AFTER[name][keep_resolution_after]}
+        surgery = _DOWNSAMPLING_AFTER[name][keep_resolution_after]
     if input_statistics is not None:
         if name != "small":
             raise ValueError(

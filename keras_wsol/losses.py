@@ -124,19 +124,37 @@ def linear_ramp(step, ramp_steps: int) -> tf.Tensor:
     return ops.minimum(ops.cast(step, "float32") / float(ramp_steps), 1.0)
 
 
-def attention_fusion_per_image(maps_x, maps_complement) -> tf.Tensor:
+FUSION_REDUCTIONS = ("mean", "sum")
+
+
+def attention_fusion_per_image(maps_x, maps_complement, reduction: str = "mean") -> tf.Tensor:
     """Attention-based Fusion Loss of Babar & Das Eq. 14, one value per image.
 
-    ``|| V_x / ||V_x||_2 - V_x~ / ||V_x~||_2 ||^2`` with ``V`` the vectorized
+    ``(V_x / ||V_x||_2 - V_x~ / ||V_x~||_2)^2`` with ``V`` the vectorized
     localization map ``[B, h, w]`` of the ground-truth class from each branch
-    (Eq. 13); 0 for maps equal up to a positive scale, at most 4.
+    (Eq. 13), averaged over the ``h * w`` positions (``reduction="mean"``) or
+    summed (``"sum"``, at most 4). The paper writes no reduction and builds
+    on attention transfer (Zagoruyko & Komodakis), whose code averages the
+    squared difference over positions; the sum grows with the map size.
+    Maps equal up to a positive scale give 0, and so do two all-zero maps
+    (their unit vectors are 0): the two cross-entropy terms of Eq. 15 are
+    what keeps the maps from that trivial optimum.
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = np.array([[[1.0, 0.0]]]), np.array([[[0.0, 1.0]]])
+        >>> [float(attention_fusion_per_image(a, b, r)[0]) for r in FUSION_REDUCTIONS]
+        [1.0, 2.0]
     """
+    if reduction not in FUSION_REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}: choose one of {', '.join(FUSION_REDUCTIONS)}")
 
     def unit(maps):
         flat = ops.reshape(ops.cast(maps, "float32"), (ops.shape(maps)[0], -1))
         return flat * ops.rsqrt(ops.maximum(ops.sum(ops.square(flat), axis=-1, keepdims=True), 1e-12))
 
-    return ops.sum(ops.square(unit(maps_x) - unit(maps_complement)), axis=-1)
+    squared = ops.square(unit(maps_x) - unit(maps_complement))
+    return ops.mean(squared, axis=-1) if reduction == "mean" else ops.sum(squared, axis=-1)
 
 
 ENTROPY_EPS = 1e-6

@@ -15,7 +15,7 @@ from helpers import (
 from keras_wsol.backbones import build_backbone
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
-from keras_wsol.methods import CAMs2i
+from keras_wsol.methods import CAM, CAMs2i
 
 
 def test_confidence_mask_and_interaction_loss_equal_hand_computed_values():
@@ -95,8 +95,9 @@ def test_first_step_leaves_the_intra_terms_out_then_w0_rises():
     assert w0 == [0.0, 0.5, 1.0]  # steps 0, 1, 2 of a 2-step ramp
 
 
-def test_localization_maps_average_both_classifiers():
-    model, x, _ = model_and_batch(3)
+@pytest.mark.parametrize("fusion", ["max", "mean"])
+def test_localization_maps_fuse_both_classifiers_as_numpy_does(fusion):
+    model, x, _ = model_and_batch(3, fusion=fusion)
     logits, maps = model.logits_and_class_maps(x, np.array([1] * 6))
     (y1, _), (s1, s2) = model.two_classifiers(x)
 
@@ -105,9 +106,89 @@ def test_localization_maps_average_both_classifiers():
         low, high = m.min(axis=(1, 2), keepdims=True), m.max(axis=(1, 2), keepdims=True)
         return (m - low) / (high - low)
 
-    np.testing.assert_allclose(maps.numpy(), (norm(s1) + norm(s2)) / 2, atol=1e-5)
+    expected = np.maximum(norm(s1), norm(s2)) if fusion == "max" else (norm(s1) + norm(s2)) / 2
+    np.testing.assert_allclose(maps.numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(logits.numpy(), y1.numpy(), atol=1e-5)
     assert tuple(model.localization_maps(x).shape) == (6, 32, 32)
+
+
+def impulse_centroid(backbone, tap_to_high, row, col):
+    """Where a one-pixel impulse at tap ``mid`` lands in ``high``: the centroid of the response (``[row, col]``)."""
+    mid = backbone.output["mid"]
+    impulse = np.zeros((1, *mid.shape[1:]), "float32")
+    impulse[0, row, col, :] = 1.0
+    response = tap_to_high(impulse).numpy()[0].sum(axis=-1)
+    grid = np.indices(response.shape)
+    return (grid * response).sum(axis=(1, 2)) / response.sum()
+
+
+def test_the_stride_one_pool_is_centred_so_s1_stays_aligned_with_s2_and_the_image():
+    # S2 reads ``mid`` through 1x1 convs (no shift); S1 reads ``high``: mid -> stride-1 pool -> 3x3 conv.
+    backbone = build_backbone("small", (32, 32, 3), keep_resolution_after="mid")
+    pool = backbone.get_layer("block3_pool")
+    assert pool.pool_size == (3, 3) and pool.strides == (1, 1)
+    conv = backbone.get_layer("block4_conv")
+    conv.kernel.assign(np.ones(conv.kernel.shape, "float32"))  # a symmetric, positive 3x3 kernel
+    bn = backbone.get_layer("block4_bn")
+
+    def tap_to_high(features):
+        return keras.activations.relu(bn(conv(pool(features)), training=False))
+
+    np.testing.assert_allclose(impulse_centroid(backbone, tap_to_high, 3, 5), [3, 5], atol=1e-5)
+    # The 2x2 stride-1 'same' pool it replaces moves the impulse half a cell up and left.
+    shifted = keras.layers.MaxPooling2D(2, strides=1, padding="same")
+
+    def off_centre(features):
+        return keras.activations.relu(bn(conv(shifted(features)), training=False))
+
+    np.testing.assert_allclose(impulse_centroid(backbone, off_centre, 3, 5), [2.5, 4.5], atol=1e-5)
+
+
+def test_the_int_weight_scales_exactly_l_int_in_the_total():
+    model, x, y = model_and_batch(5, ramp_steps=0)
+    total, parts, _ = model.compute_losses(x, y, training=False)
+    model.int_weight = 3.0
+    total_3, parts_3, _ = model.compute_losses(x, y, training=False)
+    np.testing.assert_allclose(float(parts_3["int"]), float(parts["int"]), rtol=1e-6)
+    np.testing.assert_allclose(float(total_3) - float(total), 2.0 * float(parts["int"]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_detaching_the_teacher_decides_whether_l_int_reaches_s2(detach):
+    model, x, y = model_and_batch(6, ramp_steps=0, detach_teacher=detach, inter_module=False)
+    with tf.GradientTape() as tape:
+        _, parts, _ = model.compute_losses(x, y, training=False)
+    s2_weights = model.s2_head.trainable_weights
+    grads = tape.gradient(parts["int"], s2_weights + model.s1_head.trainable_weights)
+    s2_norm = sum(float(tf.norm(g)) for g in grads[: len(s2_weights)] if g is not None)
+    s1_norm = sum(float(tf.norm(g)) for g in grads[len(s2_weights) :] if g is not None)
+    assert s1_norm > 0  # the student always learns from L_int
+    assert (s2_norm == 0) == detach
+
+
+def test_with_imagenet_weights_f_is_a_frozen_imagenet_net_that_training_leaves_alone():
+    keras.utils.set_random_seed(8)
+    model = CAMs2i(
+        num_classes=3, backbone="efficientnet_lite0", weights="imagenet", image_size=32, classifier_channels=8
+    )
+    assert model.feature_net_kind == "imagenet" and model.feature_net.name == "inter_f_imagenet"
+    assert not model.feature_net.trainable_weights and model.feature_net.non_trainable_weights
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = np.random.default_rng(8).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    before = [w.numpy().copy() for w in model.feature_net.weights]
+    parts = model.train_on_batch(x, np.array([0, 0, 1, 1, 2, 2]), return_dict=True)
+    assert parts["inter"] > 0
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.feature_net.weights))
+    assert model_and_batch(8)[0].feature_net_kind == "small"  # random weights: a small f trained with the model
+
+
+def test_cam_control_has_the_same_stride_one_surgery():
+    control = CAM(num_classes=3, backbone="small", image_size=32, keep_resolution_after="mid")
+    model, _, _ = model_and_batch(7)
+    assert control.backbone.output["high"].shape[1:3] == model.backbone.output["high"].shape[1:3] == (8, 8)
+    assert control.backbone.get_layer("block3_pool").pool_size == (3, 3)
+    with pytest.raises(ValueError, match="keep_resolution_after='high'"):
+        CAM(num_classes=3, backbone="small", image_size=32, keep_resolution_after="high")
 
 
 def test_s2_tap_keeps_the_map_size_and_bad_settings_fail_clearly():

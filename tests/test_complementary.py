@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import (
     POLICIES,
     assert_float32_losses_and_finite_step,
@@ -71,11 +72,29 @@ def test_caam_and_ssam_start_as_identity_and_caam_shares_its_attention():
     assert not np.allclose(np.asarray(ssam(f)), f)
 
 
-def test_fusion_loss_equals_hand_computed_value_and_is_zero_for_identical_maps():
+def test_fusion_loss_equals_hand_computed_mean_and_sum_and_is_zero_for_identical_maps():
     a = np.array([[[3.0, 0.0], [0.0, 4.0]]], "float32")  # unit vector (0.6, 0, 0, 0.8)
     b = np.array([[[0.0, 1.0], [0.0, 0.0]]], "float32")  # unit vector (0, 1, 0, 0)
-    np.testing.assert_allclose(attention_fusion_per_image(a, b).numpy(), [0.36 + 1.0 + 0.64], rtol=1e-6)
+    squared = [0.36, 1.0, 0.0, 0.64]  # (0.6 - 0)^2, (0 - 1)^2, 0, (0.8 - 0)^2
+    np.testing.assert_allclose(attention_fusion_per_image(a, b).numpy(), [sum(squared) / 4], rtol=1e-6)
+    np.testing.assert_allclose(attention_fusion_per_image(a, b, "sum").numpy(), [sum(squared)], rtol=1e-6)
     np.testing.assert_allclose(attention_fusion_per_image(a, 2 * a).numpy(), [0.0], atol=1e-7)
+    zero = np.zeros_like(a)  # the trap: two all-zero maps also give 0, with finite gradients
+    z = tf.Variable(zero)
+    with tf.GradientTape() as tape:
+        loss = attention_fusion_per_image(z, zero)
+    assert float(loss[0]) == 0.0 and np.isfinite(tape.gradient(loss, z).numpy()).all()
+    with pytest.raises(ValueError, match="reduction='max'"):
+        attention_fusion_per_image(a, b, "max")
+
+
+def test_the_model_uses_its_fusion_reduction():
+    mean_model, x, y = model_and_batch(9)
+    sum_model, _, _ = model_and_batch(9, fusion_reduction="sum")
+    side = mean_model.backbone.output["high"].shape[1]
+    _, mean_parts, _ = mean_model.compute_losses(x, y, training=False)
+    _, sum_parts, _ = sum_model.compute_losses(x, y, training=False)
+    np.testing.assert_allclose(float(sum_parts["fusion"]), side * side * float(mean_parts["fusion"]), rtol=1e-4)
 
 
 def model_and_batch(seed=0, **kwargs):

@@ -6,15 +6,19 @@ Section 3 of the paper, read as follows where it leaves a choice open:
   backbone tap (``s2_tap``, default ``"mid"``), each two 1x1 convs of
   ``classifier_channels`` (1024 in the paper) with ReLU, then GAP and a
   linear layer (a 1x1 conv to C channels and GAP, Eq. 1). The max-pools
-  between the tap and the last block run with stride 1 so both maps have one
-  size (``build_backbone(keep_resolution_after=...)``). ``S_t`` is the
+  between the tap and the last block run as centred 3x3 pools at stride 1,
+  as ACoL's do, so both maps have one size and stay aligned with each other
+  and the image (``build_backbone(keep_resolution_after=...)``; CAM with
+  ``keep_resolution_after`` is the control with the same surgery). ``S_t`` is the
   class map including the classifier's bias, so ``y_t = GAP(S_t)``.
 * **Intra-sample loss** (Eq. 3, 4, 6, 7) on the ground-truth class's maps,
   min-max normalized per image: raw CAMs are unbounded and the negative
   (adversarial) part of Eq. 4 would push them apart without limit. ``S2`` is
-  the teacher in Eq. 4: its map and the mask from it are constants (no
-  gradient reaches ``S2`` through the mask or the distance), as ``S1``'s
-  softmax is the teacher of ``S2`` in Eq. 6. Eq. 4 is averaged over pixels.
+  the teacher in Eq. 4 by default (``detach_teacher``): its map is a
+  constant, as ``S1``'s softmax is the teacher of ``S2`` in Eq. 6; with
+  ``detach_teacher=False`` the distance moves ``S2`` too. The mask of Eq. 3
+  is a constant either way (it selects and weighs pixels). Eq. 4 is
+  averaged over pixels and weighted by ``int_weight`` (1: the paper's Eq. 7).
   Eq. 7's ``1 / w0`` is read as a weight ``w0`` that *multiplies*
   ``L_int + L_adn``, rising linearly from 0 to 1 over ``ramp_steps``
   optimizer steps (``1 / w0`` would explode at 0).
@@ -22,20 +26,23 @@ Section 3 of the paper, read as follows where it leaves a choice open:
   classifiers, the image weighted by ``sigmoid(S_t^c)`` of the ground-truth
   class (foreground) and by ``1 - max_c sigmoid(S_t)`` (background), both
   upsampled bilinearly; masked pixels become the preprocessing's zero point
-  (``WSOLModel.mask_images``). ``f`` is a small conv net trained with the
-  model (``inter_net="small"``; AlexNet in the paper) or GAP of a backbone
-  tap; pairs are the same-class images of the batch (class-set batches give
+  (``WSOLModel.mask_images``). ``f`` (AlexNet in the paper) is, by default,
+  a frozen EfficientNet-Lite0 with ImageNet weights (GAP of its head) when
+  the backbone has ImageNet weights, and otherwise a small conv net trained
+  with the model (``inter_net="small"``); GAP of a backbone tap is the third
+  choice. Pairs are the same-class images of the batch (class-set batches give
   each image ``S - 1`` partners). The two classifiers' losses are summed.
   Per-image values are averaged over the global batch. ``f``'s output is
   scaled to root-mean-square 1 (norm ``sqrt(c)``), so each distance of Eq. 9
   lies in [0, 4]: with raw features ``f`` alone drives L_inter to 0 by
   growing its output (measured: 0 from the second epoch on the synthetic
   benchmark), and the CAMs get no signal from the module.
-* **Total**: ``CE(y1) + CE(y2) + w0 (L_int + L_adn) + L_inter``, one
-  optimizer over every trainable weight.
+* **Total**: ``CE(y1) + CE(y2) + w0 (int_weight L_int + L_adn) + L_inter``,
+  one optimizer over every trainable weight.
 * **Inference** (Section 3.2): the predicted class comes from ``y1`` (the
   model's logits); its maps from both classifiers are min-max normalized
-  and averaged, at feature resolution, and ``localization_maps`` resizes that.
+  and combined at feature resolution by ``fusion``: the element-wise max
+  (ACoL's fusion) or the mean; ``localization_maps`` resizes that.
 
 Example:
     >>> import numpy as np, keras
@@ -54,7 +61,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_wsol.backbones import TAPS, resolution_keeping_taps
+from keras_wsol.backbones import TAPS, build_backbone, resolution_keeping_taps
 from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import Preprocess
 from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
@@ -62,7 +69,8 @@ from keras_wsol.maps import class_channel, minmax_normalize, predicted_where_neg
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
 
-INTER_NETS = ("small", *TAPS)
+INTER_NETS = ("auto", "imagenet", "small", *TAPS)
+FUSIONS = ("max", "mean")
 
 
 def _pointwise_head(in_channels: int, channels: int, name: str) -> keras.Sequential:
@@ -86,6 +94,14 @@ def _embedding_net(image_size: int, preprocess: str, dim: int) -> keras.Sequenti
         )
     layers += [keras.layers.GlobalAveragePooling2D(name="f_gap"), keras.layers.Dense(dim, name="f_embedding")]
     return keras.Sequential(layers, name="inter_f")
+
+
+def _frozen_imagenet_net(image_size: int) -> keras.Model:
+    """``f`` of Eq. 9 as a fixed ImageNet feature net: EfficientNet-Lite0's head, GAP, weights frozen."""
+    lite0 = build_backbone("efficientnet_lite0", (image_size, image_size, 3), "imagenet")
+    lite0.trainable = False
+    inputs = keras.Input((image_size, image_size, 3))
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(lite0(inputs)["high"]), name="inter_f_imagenet")
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -130,9 +146,12 @@ class CAMs2i(WSOLModel):
         ),
         HyperParameter(
             "inter_net",
-            "small",
-            "f of Eq. 9: a small conv net of its own or GAP of a backbone tap",
-            "our reading: the paper's f is AlexNet",
+            "auto",
+            "f of Eq. 9: imagenet (a frozen EfficientNet-Lite0 with ImageNet weights, GAP of its head), small (a "
+            "conv net trained with the model), GAP of a backbone tap, or auto: imagenet when the backbone has "
+            "ImageNet weights, small otherwise",
+            "our reading: the paper's f is AlexNet, presumably pretrained and fixed; trained from random weights "
+            "it satisfies L_inter by itself",
             choices=INTER_NETS,
             aliases=("inter_net",),
         ),
@@ -143,6 +162,26 @@ class CAMs2i(WSOLModel):
             "our choice (any small width)",
             minimum=1,
             aliases=("inter_dim",),
+        ),
+        HyperParameter(
+            "fusion",
+            "max",
+            "how S1's and S2's min-max normalized maps are combined at inference: element-wise max or mean",
+            "ACoL (the paper's template) takes the max; the paper says only 'combined after normalization'",
+            choices=FUSIONS,
+        ),
+        HyperParameter(
+            "int_weight",
+            1.0,
+            "weight of L_int (Eq. 4) inside w0 (L_int + L_adn)",
+            "paper Eq. 7 (no weight, i.e. 1)",
+            minimum=0,
+        ),
+        HyperParameter(
+            "detach_teacher",
+            True,
+            "S2's map and mask in L_int are constants (S2 the teacher of S1); false lets L_int move S2 too",
+            "our reading: Eq. 6 makes S1 the teacher of S2, so Eq. 4 reads as S2 teaching S1; the paper is silent",
         ),
     )
     replica_constant_parts = ("w0",)
@@ -178,10 +217,19 @@ class CAMs2i(WSOLModel):
         self.s2_classifier = keras.layers.Dense(self.num_classes, name="s2_classifier")
         self.s2_classifier.build((None, self.classifier_channels))
         self.feature_net = None
-        if self.inter_module and self.inter_net == "small":
+        if self.inter_module and self.feature_net_kind == "small":
             mode = self.backbone.get_layer("preprocess").mode
             self.feature_net = _embedding_net(self.image_size, mode, self.inter_dim)
+        elif self.inter_module and self.feature_net_kind == "imagenet":
+            self.feature_net = _frozen_imagenet_net(self.image_size)
         self.add_part_trackers("ce_s2", "int", "adn", "inter", "w0")
+
+    @property
+    def feature_net_kind(self) -> str:
+        """``inter_net`` with ``auto`` resolved: ``imagenet`` when the backbone has ImageNet weights."""
+        if self.inter_net != "auto":
+            return self.inter_net
+        return "imagenet" if self.weights_source == "imagenet" else "small"
 
     # -- forward -----------------------------------------------------------
     def features(self, images, training=False) -> dict:
@@ -203,16 +251,17 @@ class CAMs2i(WSOLModel):
         return (y1, y2), (s1, s2)
 
     def logits_and_class_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
-        """``y1`` and the mean of both classifiers' min-max normalized maps of ``class_ids`` (Section 3.2)."""
+        """``y1`` and both classifiers' min-max normalized maps of ``class_ids``, fused by ``fusion`` (Section 3.2)."""
         (y1, _), (s1, s2) = self.two_classifiers(images, training=False)
         ids = predicted_where_negative(class_ids, y1)
-        return y1, (minmax_normalize(class_channel(s1, ids)) + minmax_normalize(class_channel(s2, ids))) / 2.0
+        m1, m2 = minmax_normalize(class_channel(s1, ids)), minmax_normalize(class_channel(s2, ids))
+        return y1, ops.maximum(m1, m2) if self.fusion == "max" else (m1 + m2) / 2.0
 
     # -- losses ------------------------------------------------------------
     def embed(self, images, training=False) -> tf.Tensor:
         """``f`` of Eq. 9: ``[B, H, W, 3]`` -> ``[B, c]``, scaled to root-mean-square 1 per vector."""
-        if self.feature_net is not None:
-            features = self.feature_net(images, training=training)
+        if self.feature_net is not None:  # the frozen ImageNet net always runs in inference mode
+            features = self.feature_net(images, training=training and self.feature_net_kind == "small")
         else:
             features = ops.mean(self.backbone(images, training=training)[self.inter_net], axis=(1, 2))
         features = ops.cast(features, "float32")
@@ -239,16 +288,19 @@ class CAMs2i(WSOLModel):
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
         """``(total, parts, y1)``: Eq. 7 (with ``w0`` multiplying) plus L_inter; ``parts`` names each term."""
         (y1, y2), (s1, s2) = self.two_classifiers(images, training=training)
-        teacher = tf.stop_gradient(minmax_normalize(class_channel(s2, labels)))
+        teacher = minmax_normalize(class_channel(s2, labels))
+        if self.detach_teacher:
+            teacher = tf.stop_gradient(teacher)
         student = minmax_normalize(class_channel(s1, labels))
         w0 = linear_ramp(self.optimizer.iterations, self.ramp_steps)
         parts = {
             "ce_s2": self.classification_loss(labels, y2),
-            "int": replica_mean(interaction_per_image(student, teacher, confidence_mask(teacher))),
+            "int": replica_mean(interaction_per_image(student, teacher, tf.stop_gradient(confidence_mask(teacher)))),
             "adn": replica_mean(adn_per_image(y1, y2)),
             "w0": w0,
         }
-        total = self.classification_loss(labels, y1) + parts["ce_s2"] + w0 * (parts["int"] + parts["adn"])
+        regulation = self.int_weight * parts["int"] + parts["adn"]
+        total = self.classification_loss(labels, y1) + parts["ce_s2"] + w0 * regulation
         if self.inter_module:
             parts["inter"] = self.inter_sample_loss(images, labels, (s1, s2), training)
             total += parts["inter"]

@@ -24,7 +24,12 @@ Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
   comes from its own classifier's weights (Eq. 13, no bias).
 * **Loss** (Eq. 15): ``CE(y, p_x) + CE(y, p_x~) + beta * L_at_fuse``
   (Eq. 14, ``beta = 50``; 0 drops it), per-image values averaged over the
-  global batch.
+  global batch. Eq. 14 is averaged over the map's positions, as the
+  attention-transfer code it is taken from does (``fusion_reduction``; the
+  sum is the other reading: at 12x12 maps it weighs 144 times more, and at
+  ``beta = 50`` the maps never leave chance). An all-zero or
+  input-independent map also minimizes Eq. 14; the two cross-entropies keep
+  the maps input-dependent, and the logged ``fusion`` part shows it.
 * **Inference** on the full image with CAAM and SSAM off (their attention
   terms removed, as ``delta = alpha = 0`` would): plain CAM of
   ``conv(F + F)`` through classifier ``X``. ``attention_at_inference=True``
@@ -47,7 +52,7 @@ from keras import ops
 
 from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
-from keras_wsol.losses import attention_fusion_per_image
+from keras_wsol.losses import FUSION_REDUCTIONS, attention_fusion_per_image
 from keras_wsol.maps import class_channel
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
@@ -95,6 +100,14 @@ class Complementary(WSOLModel):
             "paper Sec. 3.6 (beta = 50)",
             minimum=0,
             aliases=("beta",),
+        ),
+        HyperParameter(
+            "fusion_reduction",
+            "mean",
+            "how Eq. 14 reduces over map positions: mean (beta weighs it as in the paper's Table 5) or sum",
+            "attention transfer's code (the paper's source for the loss) averages over positions; the paper "
+            "writes no reduction",
+            choices=FUSION_REDUCTIONS,
         ),
         HyperParameter(
             "use_caam",
@@ -203,7 +216,7 @@ class Complementary(WSOLModel):
         maps_xt = class_channel(self.cams(fused_xt, self.classifier_complement), labels)
         parts = {
             "ce_complement": self.classification_loss(labels, logits_xt),
-            "fusion": replica_mean(attention_fusion_per_image(maps_x, maps_xt)),
+            "fusion": replica_mean(attention_fusion_per_image(maps_x, maps_xt, self.fusion_reduction)),
         }
         total = self.classification_loss(labels, logits_x) + parts["ce_complement"] + self.beta * parts["fusion"]
         return total, parts, logits_x
