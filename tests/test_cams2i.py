@@ -182,6 +182,13 @@ def test_with_imagenet_weights_f_is_a_frozen_imagenet_net_that_training_leaves_a
     assert model_and_batch(8)[0].feature_net_kind == "small"  # random weights: a small f trained with the model
 
 
+def test_the_small_f_normalizes_as_the_backbone_does():
+    statistics = ((120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
+    model = CAMs2i(num_classes=3, image_size=32, classifier_channels=8, inter_dim=4, input_statistics=statistics)
+    ours, backbone = model.feature_net.get_layer("f_preprocess"), model.backbone.get_layer("preprocess")
+    assert ours.mode == backbone.mode == "standardize" and (ours.mean, ours.std) == (backbone.mean, backbone.std)
+
+
 def test_cam_control_has_the_same_stride_one_surgery():
     control = CAM(num_classes=3, backbone="small", image_size=32, keep_resolution_after="mid")
     model, _, _ = model_and_batch(7)

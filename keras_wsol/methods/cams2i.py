@@ -85,9 +85,10 @@ def _pointwise_head(in_channels: int, channels: int, name: str) -> keras.Sequent
     )
 
 
-def _embedding_net(image_size: int, preprocess: str, dim: int) -> keras.Sequential:
-    """``f`` of Eq. 9: three stride-2 convs, GAP and a ``dim``-wide linear embedding."""
-    layers = [keras.Input((image_size, image_size, 3)), Preprocess(preprocess, name="f_preprocess")]
+def _embedding_net(image_size: int, preprocess: Preprocess, dim: int) -> keras.Sequential:
+    """``f`` of Eq. 9: ``preprocess``'s normalization, three stride-2 convs, GAP and a ``dim``-wide embedding."""
+    normalize = Preprocess.from_config({**preprocess.get_config(), "name": "f_preprocess"})
+    layers = [keras.Input((image_size, image_size, 3)), normalize]
     for i, filters in enumerate((32, 64, 128)):
         layers.append(
             keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"f_conv{i + 1}")
@@ -218,8 +219,7 @@ class CAMs2i(WSOLModel):
         self.s2_classifier.build((None, self.classifier_channels))
         self.feature_net = None
         if self.inter_module and self.feature_net_kind == "small":
-            mode = self.backbone.get_layer("preprocess").mode
-            self.feature_net = _embedding_net(self.image_size, mode, self.inter_dim)
+            self.feature_net = _embedding_net(self.image_size, self.backbone.get_layer("preprocess"), self.inter_dim)
         elif self.inter_module and self.feature_net_kind == "imagenet":
             self.feature_net = _frozen_imagenet_net(self.image_size)
         self.add_part_trackers("ce_s2", "int", "adn", "inter", "w0")
