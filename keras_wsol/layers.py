@@ -228,6 +228,14 @@ class ActivationMapGenerator(keras.layers.Layer):
         self.map_conv = keras.layers.Conv2D(1, 1, name="map_conv")
         self.map_bn = keras.layers.BatchNormalization(momentum=0.9, name="map_bn")
 
+    def encoder_layers(self) -> list:
+        """The encoder blocks' layers (frozen in the official stage 2)."""
+        return [*self.encoder1, *self.encoder2]
+
+    def decoder_layers(self) -> list:
+        """The decoder blocks' and the map head's layers: what the official stage 2 trains."""
+        return [*self.decoder1, *self.decoder0, self.map_conv, self.map_bn]
+
     @staticmethod
     def _run(blocks, x, training):
         for layer in blocks:
@@ -252,29 +260,26 @@ class ActivationMapGenerator(keras.layers.Layer):
 
 
 def attentive_erasing(maps, seed, threshold: float = 0.5, size_range=(0.25, 0.75), drop_prob: float = 0.5):
-    """ORNet's attentive erasing (Section 3.2.2): ``(erased maps, rectangles)``, both ``[B, h, w]``.
+    """ORNet's attentive erasing, this library's first reading (``erasing_recipe="fixed"``): ``(dropped, rectangles)``.
 
-    Per map, a rectangle centred on the peak of the map, with height and
-    width drawn uniformly from ``size_range`` (fractions of the map's side)
-    and cut by the border; pixels inside it with a value above
-    ``threshold`` are the candidates, each set to 0 with ``drop_prob``.
-    Nothing outside the rectangle or at or below the threshold changes. The
-    paper gives neither the rectangle's size distribution nor the threshold;
-    these defaults are this library's (0.5 is where a pixel's foreground
-    probability passes its background one).
+    Both ``[B, h, w]`` booleans. Per map, a rectangle centred on the peak of
+    the map, with height and width drawn uniformly from ``size_range``
+    (fractions of the map's side) and cut by the border; pixels inside it
+    with a value above ``threshold`` are the candidates, each dropped with
+    ``drop_prob``. Every map is erased. The official code's recipe is
+    :func:`official_attentive_erasing`.
 
     Example:
         >>> import keras, numpy as np
         >>> maps = np.zeros((1, 6, 6), "float32"); maps[0, 2, 3] = 0.9
-        >>> erased, rect = attentive_erasing(maps, keras.random.SeedGenerator(0), drop_prob=1.0)
-        >>> float(erased.numpy().max()), bool(rect.numpy()[0, 2, 3])
-        (0.0, True)
+        >>> dropped, rect = attentive_erasing(maps, keras.random.SeedGenerator(0), drop_prob=1.0)
+        >>> int(dropped.numpy().sum()), bool(rect.numpy()[0, 2, 3])
+        (1, True)
     """
     maps = ops.cast(maps, "float32")
     shape = ops.shape(maps)
     batch, height, width = shape[0], shape[1], shape[2]
-    peak = ops.argmax(ops.reshape(maps, (batch, -1)), axis=-1)
-    peak_y, peak_x = peak // width, peak % width
+    peak_y, peak_x = _peak(maps)
     low, high = size_range
     half_h = keras.random.uniform((batch,), low, high, seed=seed) * ops.cast(height, "float32") / 2.0
     half_w = keras.random.uniform((batch,), low, high, seed=seed) * ops.cast(width, "float32") / 2.0
@@ -284,4 +289,105 @@ def attentive_erasing(maps, seed, threshold: float = 0.5, size_range=(0.25, 0.75
     dropped = ops.logical_and(
         ops.logical_and(rectangles, maps > threshold), keras.random.uniform(shape, seed=seed) < drop_prob
     )
-    return ops.where(dropped, 0.0, maps), rectangles
+    return dropped, rectangles
+
+
+def _peak(maps) -> tuple[tf.Tensor, tf.Tensor]:
+    """Row and column of each map's maximum (the first in row-major order)."""
+    width = ops.shape(maps)[2]
+    peak = ops.argmax(ops.reshape(maps, (ops.shape(maps)[0], -1)), axis=-1)
+    return peak // width, peak % width
+
+
+#: ORNet's squashing of the map the evaluator sees in training: ``0.6 p + 0.2`` (official models/erasing.py).
+SQUASH_SCALE, SQUASH_SHIFT = 0.6, 0.2
+
+
+def erasing_draws(maps, seed) -> dict[str, tf.Tensor]:
+    """The uniform draws of one :func:`official_attentive_erasing` call, in [0, 1).
+
+    ``factor`` (one per batch), ``gate``, ``height`` and ``width`` (one per
+    map), ``drop`` (one per pixel): drawn apart from the erasing so a test
+    can replay them.
+    """
+    batch = ops.shape(maps)[0]
+    draws = {"factor": keras.random.uniform((), seed=seed)}
+    for name in ("gate", "height", "width"):
+        draws[name] = keras.random.uniform((batch,), seed=seed)
+    draws["drop"] = keras.random.uniform(ops.shape(maps), seed=seed)
+    return draws
+
+
+def _extent(above) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(any, last - first)`` index of the True entries along the last axis of ``above`` ``[B, n]``."""
+    n = ops.shape(above)[1]
+    first = ops.argmax(ops.cast(above, "int32"), axis=1)
+    last = n - 1 - ops.argmax(ops.cast(ops.flip(above, axis=1), "int32"), axis=1)
+    return ops.any(above, axis=1), last - first
+
+
+def official_attentive_erasing(
+    maps, draws: dict, gate_prob: float = 0.5, max_factor: float = 0.5, min_half: int = 4
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """ORNet's attentive erasing as the official code runs it (models/erasing.py): ``(dropped, candidates)``.
+
+    Both ``[B, h, w]`` booleans, from ``maps`` (``p^a`` in (0, 1)) and the
+    uniforms of :func:`erasing_draws`:
+
+    * one ``factor ~ U(0, max_factor)`` per batch; each map is erased with
+      probability ``gate_prob`` (``AttentiveErasing.p``);
+    * the threshold is relative, ``max - factor (max - min)`` of the map; the
+      pixels above it span ``H x W`` rows and columns (last minus first);
+    * half-sides ``h ~ randint(min_half, H // 2)``, ``w ~ randint(min_half,
+      W // 2)`` (upper bound excluded); when a bound is not above
+      ``min_half`` the official ``randint`` raises and that map is not
+      erased; ``min_half`` is 4 at the official 56 x 56 maps;
+    * the candidates are the above-threshold pixels strictly inside the
+      rectangle ``(peak - h, peak + h) x (peak - w, peak + w)``, cut by the
+      border; each is dropped with probability ``0.6 p + 0.2``
+      (``SQUASH_SCALE``, ``SQUASH_SHIFT``: the paper's adaptive probability).
+
+    The caller sets dropped pixels to 0 in the map the evaluator sees, the
+    squashed ``0.6 p + 0.2`` (official) or ``p``; the gradient flows through
+    the pixels that are kept, as the official ``Dropout`` function's does.
+
+    Example:
+        >>> import numpy as np
+        >>> maps = np.full((1, 20, 20), 0.1, "float32"); maps[0, 5:17, 5:17] = 0.9; maps[0, 9, 9] = 1.0
+        >>> draws = {"factor": 0.5, "gate": np.zeros(1), "height": np.zeros(1), "width": np.zeros(1),
+        ...          "drop": np.zeros((1, 20, 20))}
+        >>> dropped, candidates = official_attentive_erasing(maps, draws)
+        >>> int(candidates.numpy().sum()), bool((dropped.numpy() == candidates.numpy()).all())
+        (49, True)
+    """
+    maps = ops.cast(maps, "float32")
+    shape = ops.shape(maps)
+    height, width = shape[1], shape[2]
+    flat = ops.reshape(maps, (shape[0], -1))
+    top, bottom = ops.max(flat, axis=1), ops.min(flat, axis=1)
+    threshold = top - (top - bottom) * ops.cast(draws["factor"], "float32") * max_factor
+    above = maps > threshold[:, None, None]
+    any_rows, span_h = _extent(ops.any(above, axis=2))
+    _, span_w = _extent(ops.any(above, axis=1))
+    bound_h, bound_w = span_h // 2, span_w // 2
+
+    def half_side(bound, uniform):
+        choices = ops.cast(ops.maximum(bound - min_half, 1), "float32")
+        return min_half + ops.cast(ops.floor(ops.cast(uniform, "float32") * choices), "int32")
+
+    half_h = half_side(ops.cast(bound_h, "int32"), draws["height"])
+    half_w = half_side(ops.cast(bound_w, "int32"), draws["width"])
+    erased = ops.cast(draws["gate"], "float32") < gate_prob
+    erased = ops.logical_and(erased, ops.logical_and(any_rows, (bound_h > min_half) & (bound_w > min_half)))
+    peak_y, peak_x = (ops.cast(p, "int32") for p in _peak(maps))
+
+    def inside(index, centre, half, size):
+        start = ops.maximum(centre - half, 0)[:, None]
+        end = ops.minimum(centre + half, size)[:, None]
+        return (index[None, :] > start) & (index[None, :] < end)
+
+    rows = inside(ops.arange(height, dtype="int32"), peak_y, half_h, height)
+    cols = inside(ops.arange(width, dtype="int32"), peak_x, half_w, width)
+    candidates = above & rows[:, :, None] & cols[:, None, :] & erased[:, None, None]
+    squashed = SQUASH_SCALE * maps + SQUASH_SHIFT
+    return candidates & (ops.cast(draws["drop"], "float32") < squashed), candidates

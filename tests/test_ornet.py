@@ -15,7 +15,7 @@ from helpers import (
 
 from keras_wsol import localizers
 from keras_wsol.data import pipeline, synthetic
-from keras_wsol.layers import attentive_erasing
+from keras_wsol.layers import attentive_erasing, erasing_draws, official_attentive_erasing
 from keras_wsol.losses import area_per_image, weighted_entropy_per_image
 from keras_wsol.methods import CAM, ORNet
 
@@ -57,13 +57,11 @@ def test_weighted_entropy_and_area_equal_hand_computed_values():
     assert float(area_per_image(maps)[0]) == pytest.approx((0.5 + 0.9 + 0.1 + 1.0) / 4)  # Eq. 16
 
 
-def test_attentive_erasing_drops_only_candidates_inside_a_peak_centred_rectangle():
+def test_fixed_erasing_drops_only_candidates_inside_a_peak_centred_rectangle():
     rng = np.random.default_rng(0)
     maps = rng.uniform(0, 1, (200, 12, 10)).astype("float32")
-    erased, rect = attentive_erasing(maps, keras.random.SeedGenerator(1), threshold=0.6, size_range=(0.2, 0.8))
-    erased, rect = np.asarray(erased), np.asarray(rect)
-    dropped = erased != maps
-    assert np.all(erased[dropped] == 0)
+    dropped, rect = attentive_erasing(maps, keras.random.SeedGenerator(1), threshold=0.6, size_range=(0.2, 0.8))
+    dropped, rect = np.asarray(dropped), np.asarray(rect)
     assert not np.any(dropped & ~rect), "a pixel outside the rectangle was erased"
     assert not np.any(dropped & (maps <= 0.6)), "a pixel at or below the threshold was erased"
     for m, r in zip(maps, rect):
@@ -77,7 +75,82 @@ def test_attentive_erasing_drops_only_candidates_inside_a_peak_centred_rectangle
     candidates = rect & (maps > 0.6)
     assert 0.45 < dropped.sum() / candidates.sum() < 0.55  # each dropped with probability 0.5
     everything = np.asarray(attentive_erasing(maps, keras.random.SeedGenerator(1), 0.6, (0.2, 0.8), drop_prob=1.0)[0])
-    np.testing.assert_array_equal(everything == 0, candidates | (maps == 0))
+    np.testing.assert_array_equal(everything, candidates)
+
+
+def official_erasing_numpy(maps, draws, gate_prob=0.5, max_factor=0.5, min_half=4):
+    """models/erasing.py's AttentiveErasing + Dropout, one image at a time, with the given uniforms."""
+    factor = draws["factor"] * max_factor  # np.random.uniform(0, max_factor)
+    dropped, candidates = np.zeros(maps.shape, bool), np.zeros(maps.shape, bool)
+    for j, m in enumerate(maps):
+        if not draws["gate"][j] < gate_prob:  # torch.rand(1) < p
+            continue
+        peak = np.argmax(m)
+        cy, cx = peak // m.shape[1], peak % m.shape[1]
+        threshold = m.max() - (m.max() - m.min()) * factor
+        ys, xs = np.nonzero(m > threshold)
+        if len(ys) == 0:
+            continue  # .min() of nothing raises: no erasing
+        bound_h, bound_w = (ys.max() - ys.min()) // 2, (xs.max() - xs.min()) // 2
+        if bound_h <= min_half or bound_w <= min_half:
+            continue  # torch.randint(low, high) with high <= low raises: no erasing
+        h = min_half + int(np.floor(draws["height"][j] * (bound_h - min_half)))  # randint(min_half, bound)
+        w = min_half + int(np.floor(draws["width"][j] * (bound_w - min_half)))
+        y0, y1 = max(cy - h, 0), min(cy + h, m.shape[1])
+        x0, x1 = max(cx - w, 0), min(cx + w, m.shape[1])
+        for y, x in zip(ys, xs):
+            if y0 < y < y1 and x0 < x < x1 and y * x > 0:  # the proposals kept after the official masking
+                candidates[j, y, x] = True
+                # Dropout: kept with Bernoulli(1 - (0.6 p + 0.2)), i.e. dropped when u < 0.6 p + 0.2.
+                dropped[j, y, x] = draws["drop"][j, y, x] < 0.6 * m[y, x] + 0.2
+    return dropped, candidates
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_official_erasing_matches_a_numpy_reimplementation_of_the_official_code(seed):
+    rng = np.random.default_rng(seed)
+    # Smooth blobs of random size and place, so the above-threshold regions vary around the 10-pixel bound.
+    grid = np.indices((56, 56)).astype("float32")
+    centres, widths = rng.uniform(5, 51, (64, 2)), rng.uniform(2, 14, (64, 1, 1))
+    maps = np.exp(-((grid[None] - centres[:, :, None, None]) ** 2).sum(axis=1) / (2 * widths**2))
+    maps = (0.05 + 0.9 * maps + 0.02 * rng.uniform(size=maps.shape)).astype("float32")
+    draws = {name: np.asarray(value) for name, value in erasing_draws(maps, keras.random.SeedGenerator(seed)).items()}
+    expected = official_erasing_numpy(maps, draws)
+    dropped, candidates = (np.asarray(t) for t in official_attentive_erasing(maps, draws))
+    np.testing.assert_array_equal(candidates, expected[1])
+    np.testing.assert_array_equal(dropped, expected[0])
+    erased_images = candidates.any(axis=(1, 2))
+    assert 0 < erased_images.sum() < 0.6 * len(maps)  # the gate and the size bound leave some images alone
+    assert not np.any(dropped & ~candidates)
+
+
+def test_the_evaluator_sees_the_squashed_erased_map_in_training_and_the_raw_map_otherwise():
+    _, _, model = stage2_model(3, erasing=False)
+    x, y = batch(3)
+    _, _, p_a = model.activation_maps(x)
+    squashed = 0.6 * np.asarray(p_a) + 0.2
+    np.testing.assert_allclose(np.asarray(model.training_mask(p_a)), squashed, rtol=1e-6)
+    _, _, logits = model.compute_losses(x, y, training=False)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model.evaluate_maps(x, p_a)), rtol=1e-5)
+    p_train = np.asarray(model.activation_maps(x, training=True)[2])  # BatchNorm on the batch's statistics
+    _, _, logits = model.compute_losses(x, y, training=True)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model.evaluate_maps(x, 0.6 * p_train + 0.2)), rtol=1e-5)
+    _, _, erasing = stage2_model(3, erase_gate=1.0, erase_max_factor=1.0, erase_min_half=1)
+    shown = np.asarray(erasing.training_mask(p_a))
+    kept = shown != 0
+    np.testing.assert_allclose(shown[kept], squashed[kept], rtol=1e-6)  # erased pixels are 0, the rest squashed
+    assert (~kept).any()
+
+
+def test_the_official_area_term_adds_the_lower_ranked_classes_channels():
+    _, _, model = stage2_model(4)
+    f_a = np.random.default_rng(4).uniform(0, 1, (2, 3, 3, 6)).astype("float32")
+    p_a = np.full((2, 3, 3), 0.5, "float32")
+    logits = np.array([[6.0, 5, 4, 3, 2, 1], [1.0, 2, 3, 4, 5, 6]], "float32")
+    model.area_top_classes = 5  # ranks 4 and 5: classes 3, 4 for image 0 and 2, 1 for image 1
+    means = f_a.mean(axis=(1, 2))
+    expected = 0.5 + np.array([means[0, 3] + means[0, 4], means[1, 2] + means[1, 1]]).mean()
+    assert float(model.area_loss(p_a, f_a, logits)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_stage1_step_trains_every_part_and_logs_both_losses():
@@ -89,16 +162,22 @@ def test_stage1_step_trains_every_part_and_logs_both_losses():
     assert set(logs) == {"loss", "accuracy", "aux_loss"} and logs["loss"] > logs["aux_loss"] > 0
 
 
-@pytest.mark.parametrize("train_shallow", [True, False])
-def test_stage2_step_trains_the_generator_and_shallow_layers_only(train_shallow):
-    _, evaluator, model = stage2_model(train_shallow=train_shallow)
-    trained = [model.generator] + ([model.shallow] if train_shallow else [])
+@pytest.mark.parametrize("trainable_set", ["decoder", "generator", "generator_shallow"])
+def test_stage2_step_changes_exactly_the_chosen_trainable_set(trainable_set):
+    _, evaluator, model = stage2_model(trainable_set=trainable_set)
+    trained = {
+        "decoder": model.generator.decoder_layers(),
+        "generator": [model.generator],
+        "generator_shallow": [model.generator, model.shallow],
+    }[trainable_set]
     x, y = batch(1)
     changed = changed_weights(model, lambda: model.train_on_batch(x, y), key=id)
     assert changed == {id(w) for part in trained for w in part.weights}
     assert {id(v) for v in model.trainable_variables} == {id(w) for part in trained for w in part.trainable_weights}
     frozen = [w for part in (evaluator, model.deep, model.classifier, model.aux_conv) for w in part.weights]
-    assert not {id(w) for w in frozen} & changed
+    if trainable_set == "decoder":
+        frozen += [w for layer in model.generator.encoder_layers() for w in layer.weights] + model.shallow.weights
+    assert frozen and not {id(w) for w in frozen} & changed
 
 
 def test_stage2_starts_from_stage1_weights_and_its_evaluator_is_unchanged_by_a_fit():
@@ -116,7 +195,7 @@ def test_stage2_starts_from_stage1_weights_and_its_evaluator_is_unchanged_by_a_f
 
 
 def test_erasing_is_off_at_inference_and_logits_come_from_the_evaluator():
-    _, evaluator, model = stage2_model(3, erase_threshold=0.0, erase_prob=1.0)
+    _, evaluator, model = stage2_model(3, erasing_recipe="fixed", erase_threshold=0.0, erase_prob=1.0)
     x, y = batch(3)
     _, _, p_a = model.activation_maps(x)
     unerased = np.asarray(model.evaluate_maps(x, p_a))
@@ -140,6 +219,8 @@ def test_bad_settings_fail_clearly():
         ORNet.refine(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), tap="mid")
     with pytest.raises(ValueError, match="ORNet at stage 1"):
         ORNet.refine(CAM(num_classes=2, backbone="small", image_size=SIZE), stage1)
+    with pytest.raises(ValueError, match="area_top_classes=25 needs at least that many classes; this model has 2"):
+        ORNet.refine(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), area_top_classes=25)
 
 
 def test_short_fits_of_both_stages_then_save_and_load(tmp_path):

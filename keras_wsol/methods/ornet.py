@@ -12,16 +12,24 @@ and :class:`ORNetRefinement` (stage 2); :meth:`ORNet.from_arguments` picks by ``
   (Eq. 5-6). Every weight trains.
 * **Stage 2** (Section 3.2, Eq. 7-16), built by :meth:`ORNet.refine` from a
   stage-1 model and an evaluator (any trained classifier, e.g. a ``cam``
-  checkpoint). The evaluator classifies ``I * p^a`` (Eq. 9; ``p^a``
-  upsampled bilinearly to the input, pixels pulled towards the evaluator's
-  preprocessing zero point, see ``WSOLModel.mask_images``) with ``p^a``
-  attentively erased in training (Section 3.2.2). Loss (Eq. 10):
-  ``CE + alpha * L_w(p^a) + beta * L_a(p^a)`` (Eq. 14-16), both on the map
-  before erasing. What trains is set in one place per stage, ``stage_parts``:
-  the generator and the shallow layers F1^c (Eq. 7-8: both "initialized
-  from the first stage"; ``train_shallow=False`` freezes F1^c). The
-  evaluator, F2^c, the classifier and the auxiliary head are frozen; the
-  evaluator runs in inference mode.
+  checkpoint), with the official code's recipe (``train_2nd_step.py``,
+  ``models/model.py``, ``models/erasing.py``) as the default. The evaluator
+  classifies ``I * up(m)`` (Eq. 9; pixels pulled towards the evaluator's
+  preprocessing zero point, see ``WSOLModel.mask_images``; ``up`` nearest,
+  as ``F.interpolate``), where in training ``m`` is the squashed map
+  ``0.6 p^a + 0.2`` (official; the paper's Eq. 9 has ``p^a``,
+  ``evaluator_mask="raw"``) with attentive erasing (Section 3.2.2): each
+  image erased with probability 0.5, a relative threshold, a rectangle
+  bounded by the above-threshold region and drop probability ``0.6 p + 0.2``
+  (:func:`keras_wsol.layers.official_attentive_erasing`;
+  ``erasing_recipe="fixed"`` is this library's first reading). Loss
+  (Eq. 10): ``CE + alpha * L_w(p^a) + beta * L_a(p^a)`` (Eq. 14-16), both
+  on the map before squashing and erasing; ``area_top_classes`` adds the
+  official area term. What trains is set in one place, ``stage_parts``: by
+  default the generator's decoder blocks and map head, as the official
+  FineModel (``trainable_set``; ``generator_shallow`` is the paper's Eq.
+  7-8, both "initialized from the first stage"). Everything else is frozen;
+  the evaluator runs in inference mode.
 
 Inference needs F1^c and the generator only: ``logits_and_class_maps``
 returns ``p^a`` (class-agnostic; ``class_ids`` are ignored) at the tap's
@@ -29,11 +37,11 @@ resolution. The logits (Top-1 Cls, Top-1 Loc, exported classes) are stage
 1's own classifier's, and in stage 2 the evaluator's on the full image.
 
 What the paper leaves open, chosen here: the encoder-decoder F^d (see the
-generator), the tap (``low``), the erasing threshold (0.5) and rectangle
-sides (25-75% of the map's, uniform), and that ``val_loss`` is the stage's
-own training loss without erasing. Defaults otherwise are the paper's: Adam
-with a cosine schedule, lr 1e-3 (stage 1) and 1e-4 (stage 2), alpha 1.5,
-beta 0.02, mu 0.5, sigma 0.1, drop probability 0.5.
+generator), the tap (``low``), and that ``val_loss`` is the stage's own
+training loss with the raw map and no erasing (as the official evaluation
+mode). Defaults otherwise are the paper's and the official code's: Adam with
+a cosine schedule, lr 1e-3 (stage 1) and 1e-4 (stage 2), alpha 1.5, beta
+0.02, mu 0.5, sigma 0.1.
 
 Example:
     >>> import numpy as np, keras
@@ -57,11 +65,24 @@ from keras import ops
 
 from keras_wsol.backbones import split_at_tap
 from keras_wsol.distribute import replica_mean
-from keras_wsol.layers import ActivationMapGenerator, attentive_erasing
+from keras_wsol.layers import (
+    SQUASH_SCALE,
+    SQUASH_SHIFT,
+    ActivationMapGenerator,
+    attentive_erasing,
+    erasing_draws,
+    official_attentive_erasing,
+)
 from keras_wsol.losses import area_per_image, weighted_entropy_per_image
 from keras_wsol.methods import base
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
+
+ERASING_RECIPES = ("official", "fixed")
+EVALUATOR_MASKS = ("squashed", "raw")
+TRAINABLE_SETS = ("decoder", "generator", "generator_shallow")
+#: The official extra area term starts at the 4th-ranked class (models/loss.py: range(3, topk)).
+AREA_FIRST_RANK = 3
 
 #: Constructor arguments that fix the architecture: stage 2 takes them from stage 1.
 ARCHITECTURE = (*base.ARCHITECTURE, "tap", "generator_channels")
@@ -130,10 +151,43 @@ class ORNet(WSOLModel):
             aliases=("attentive_erasing",),
         ),
         HyperParameter(
+            "erasing_recipe",
+            "official",
+            "stage 2: official (per-image gate, relative threshold, rectangle bounded by the above-threshold "
+            "region, drop probability 0.6 p + 0.2) or fixed (every image, absolute threshold, rectangle sides as "
+            "fractions of the map, fixed drop probability: --ornet_erase_threshold/_size/_prob)",
+            "official models/erasing.py (AttentiveErasing); the paper gives no threshold or rectangle",
+            choices=ERASING_RECIPES,
+        ),
+        HyperParameter(
+            "erase_gate",
+            0.5,
+            "stage 2, official recipe: probability that an image is erased",
+            "official models/erasing.py (AttentiveErasing p=0.5); the paper's 'probability 0.5'",
+            minimum=0,
+            maximum=1,
+        ),
+        HyperParameter(
+            "erase_max_factor",
+            0.5,
+            "stage 2, official recipe: the threshold is max - f (max - min), f ~ U(0, this) per batch",
+            "official models/model.py (FineModel max_factor=0.5)",
+            minimum=0,
+            maximum=1,
+        ),
+        HyperParameter(
+            "erase_min_half",
+            4,
+            "stage 2, official recipe: smallest half-side of the rectangle, in pixels of a 56-pixel map (scaled "
+            "to the map's side); smaller above-threshold regions are not erased",
+            "official models/erasing.py (min_height = min_width = 4 at 56 x 56)",
+            minimum=1,
+        ),
+        HyperParameter(
             "erase_threshold",
             0.5,
-            "stage 2: map values above this inside the rectangle may be erased",
-            "our reading: the paper gives no value",
+            "stage 2, fixed recipe: map values above this inside the rectangle may be erased",
+            "our first reading: the paper gives no value",
             minimum=0,
             maximum=1,
             aliases=("erase_threshold",),
@@ -141,8 +195,8 @@ class ORNet(WSOLModel):
         HyperParameter(
             "erase_size",
             (0.25, 0.75),
-            "stage 2: range of the erasing rectangle's height and width, as fractions of the map side",
-            "our reading: the paper says 'random height and width'",
+            "stage 2, fixed recipe: range of the erasing rectangle's height and width, as fractions of the map side",
+            "our first reading: the paper says 'random height and width'",
             minimum=1e-6,
             maximum=1,
             aliases=("erase_size",),
@@ -150,18 +204,42 @@ class ORNet(WSOLModel):
         HyperParameter(
             "erase_prob",
             0.5,
-            "stage 2: probability an erasing candidate is dropped",
-            "paper Sec. 3.2.2",
+            "stage 2, fixed recipe: probability an erasing candidate is dropped",
+            "our first reading of Sec. 3.2.2",
             minimum=0,
             maximum=1,
             aliases=("erase_prob",),
         ),
         HyperParameter(
-            "train_shallow",
-            True,
-            "stage 2: step the shallow layers F1 with the generator (Eq. 7-8); false: the generator alone",
-            "paper Eq. 7-8 (both initialized from the first stage)",
-            aliases=("train_shallow",),
+            "evaluator_mask",
+            "squashed",
+            "stage 2: in training the evaluator sees I * up(0.6 p + 0.2) (squashed, official) or I * up(p) "
+            "(raw, the paper's Eq. 9); erased pixels are 0 in either",
+            "official models/erasing.py and model.py (the map passed to the evaluator)",
+            choices=EVALUATOR_MASKS,
+        ),
+        HyperParameter(
+            "mask_upsampling",
+            "nearest",
+            "stage 2: how the map is upsampled to the image for the evaluator",
+            "official models/model.py (F.interpolate's default, nearest)",
+            choices=("nearest", "bilinear"),
+        ),
+        HyperParameter(
+            "trainable_set",
+            "decoder",
+            "stage 2: what trains: decoder (the generator's decoder blocks and map head), generator, or "
+            "generator_shallow (the generator and the shallow layers F1, the paper's Eq. 7-8)",
+            "official models/model.py (FineModel: up_2, up_3, att_conv3, bn_att3 train)",
+            choices=TRAINABLE_SETS,
+        ),
+        HyperParameter(
+            "area_top_classes",
+            0,
+            "stage 2: 0 for the paper's area loss (Eq. 16); k adds the official term, the mean of f^a's channels "
+            "of the evaluator's classes ranked 4th to k-th (needs at least k classes)",
+            "paper Eq. 16 (the official AreaLoss(topk=25) has the extra term)",
+            minimum=0,
         ),
         HyperParameter(
             "refine_learning_rate",
@@ -342,10 +420,29 @@ class ORNetRefinement(ORNet):
         self.part_trackers.clear()
         self.add_part_trackers("evaluation_loss", "entropy", "area")
 
+    def check_hyperparameters(self) -> None:
+        super().check_hyperparameters()
+        if self.area_top_classes and self.area_top_classes > self.num_classes:
+            raise ValueError(
+                f"area_top_classes={self.area_top_classes} needs at least that many classes; this model has "
+                f"{self.num_classes} (0 keeps the paper's area loss)"
+            )
+        if self.area_top_classes and self.area_top_classes <= AREA_FIRST_RANK:
+            raise ValueError(
+                f"area_top_classes={self.area_top_classes}: the official term covers ranks {AREA_FIRST_RANK + 1} "
+                f"to k, so k must be above {AREA_FIRST_RANK} (or 0)"
+            )
+
     def stage_parts(self) -> dict[str, list]:
-        trained = [self.generator] + ([self.shallow] if self.train_shallow else [])
-        stage1 = super().stage_parts()["trained"]
-        return {"trained": trained, "frozen": [p for p in stage1 + [self.evaluator] if p not in trained]}
+        if self.trainable_set == "decoder":
+            trained = self.generator.decoder_layers()
+            generator_frozen = self.generator.encoder_layers()
+        else:
+            trained = [self.generator] + ([self.shallow] if self.trainable_set == "generator_shallow" else [])
+            generator_frozen = []
+        stage1 = [p for p in super().stage_parts()["trained"] if p is not self.generator]
+        frozen = [p for p in stage1 + [self.evaluator] if p not in trained] + generator_frozen
+        return {"trained": trained, "frozen": frozen}
 
     def _freeze_for_stage(self) -> None:
         for part in self.stage_parts()["frozen"]:
@@ -360,12 +457,38 @@ class ORNetRefinement(ORNet):
 
     def evaluate_maps(self, images, maps) -> tf.Tensor:
         """The evaluator's logits on ``I * maps`` (Eq. 9); ``maps`` ``[B, h, w]`` are upsampled to the input."""
-        up = tf.image.resize(ops.cast(maps, "float32")[..., None], ops.shape(images)[1:3], method="bilinear")[..., 0]
+        method = "nearest" if self.mask_upsampling == "nearest" else "bilinear"
+        up = tf.image.resize(ops.cast(maps, "float32")[..., None], ops.shape(images)[1:3], method=method)[..., 0]
         if isinstance(self.evaluator, WSOLModel):
             masked = self.evaluator.mask_images(images, up)
         else:
             masked = ops.cast(images, "float32") * up[..., None]
         return self.evaluator(masked, training=False)
+
+    def training_mask(self, p_a) -> tf.Tensor:
+        """The map the evaluator sees in training: ``p^a`` or ``0.6 p^a + 0.2`` (``evaluator_mask``), erased."""
+        shown = SQUASH_SCALE * p_a + SQUASH_SHIFT if self.evaluator_mask == "squashed" else p_a
+        if not self.erasing:
+            return shown
+        if self.erasing_recipe == "official":
+            min_half = max(1, round(self.erase_min_half * int(p_a.shape[2]) / 56))  # official: at a 56-pixel map
+            dropped, _ = official_attentive_erasing(
+                p_a, erasing_draws(p_a, self.seed_generator), self.erase_gate, self.erase_max_factor, min_half
+            )
+        else:
+            dropped, _ = attentive_erasing(
+                p_a, self.seed_generator, self.erase_threshold, self.erase_size, self.erase_prob
+            )
+        return ops.where(dropped, 0.0, shown)
+
+    def area_loss(self, p_a, f_a, logits) -> tf.Tensor:
+        """Eq. 16 (the mean of ``p^a``), plus the official extra term when ``area_top_classes`` is set."""
+        per_image = area_per_image(p_a)
+        if self.area_top_classes:
+            ranked = ops.argsort(-ops.cast(logits, "float32"), axis=-1)[:, AREA_FIRST_RANK : self.area_top_classes]
+            channel_means = ops.mean(ops.cast(f_a, "float32"), axis=(1, 2))  # [B, k]
+            per_image = per_image + ops.sum(ops.take_along_axis(channel_means, ranked, axis=1), axis=1)
+        return replica_mean(per_image)
 
     def logits_and_features(self, images, training=False):
         raise ValueError(
@@ -380,18 +503,13 @@ class ORNetRefinement(ORNet):
         return logits, self.activation_maps(images, training=training)[2][..., None]
 
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
-        """Eq. 10: evaluation loss on ``I * p^a`` (attentively erased when ``training``) + alpha L_w + beta L_a."""
-        _, _, p_a = self.activation_maps(images, training=training)
-        shown = p_a
-        if training and self.erasing:
-            shown, _ = attentive_erasing(
-                p_a, self.seed_generator, self.erase_threshold, self.erase_size, self.erase_prob
-            )
-        logits = self.evaluate_maps(images, shown)
+        """Eq. 10: evaluation loss on ``I * p^a`` (``training_mask`` when ``training``) + alpha L_w + beta L_a."""
+        _, f_a, p_a = self.activation_maps(images, training=training)
+        logits = self.evaluate_maps(images, self.training_mask(p_a) if training else p_a)
         parts = {
             "evaluation_loss": self.classification_loss(labels, logits),
             "entropy": replica_mean(weighted_entropy_per_image(p_a, self.mu, self.sigma)),
-            "area": replica_mean(area_per_image(p_a)),
+            "area": self.area_loss(p_a, f_a, logits),
         }
         total = parts["evaluation_loss"] + self.alpha * parts["entropy"] + self.beta * parts["area"]
         return total, parts, logits
