@@ -185,13 +185,11 @@ def test_gradient_norms_are_logged_and_equal_the_hand_computed_ones():
     assert float(grad_crr) == pytest.approx(float(np.linalg.norm(stage2_gradient(model, x, y))), rel=1e-4)
 
 
-def test_the_official_optimizer_is_the_runs_default_and_a_given_flag_wins():
-    model = MinMaxCAM(num_classes=3, backbone="small", image_size=32, set_size=2)
+def test_the_official_optimizer_is_an_option_and_the_runs_optimizer_the_default():
+    model = MinMaxCAM(num_classes=3, backbone="small", image_size=32, set_size=2, official_optimizer=True)
     settings = model.optimizer_settings()
     assert (settings["optimizer"], settings["nesterov"], settings["weight_decay"]) == ("sgd", True, 5e-4)
     assert settings["coupled_weight_decay"] and settings["lr_milestones"] == (0.25, 0.5)
-    assert (
-        MinMaxCAM(num_classes=3, backbone="small", image_size=32, official_optimizer=False).optimizer_settings() == {}
-    )
+    assert MinMaxCAM(num_classes=3, backbone="small", image_size=32).optimizer_settings() == {}
     with pytest.raises(ValueError, match="stage2_optimizer is for stage2_regime='separate'"):
         model.compile(optimizer="sgd", stage2_optimizer="sgd")
