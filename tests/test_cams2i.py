@@ -95,7 +95,7 @@ def test_first_step_leaves_the_intra_terms_out_then_w0_rises():
     assert w0 == [0.0, 0.5, 1.0]  # steps 0, 1, 2 of a 2-step ramp
 
 
-@pytest.mark.parametrize("fusion", ["max", "mean"])
+@pytest.mark.parametrize("fusion", ["max", "mean", "s1", "s2"])
 def test_localization_maps_fuse_both_classifiers_as_numpy_does(fusion):
     model, x, _ = model_and_batch(3, fusion=fusion)
     logits, maps = model.logits_and_class_maps(x, np.array([1] * 6))
@@ -106,7 +106,12 @@ def test_localization_maps_fuse_both_classifiers_as_numpy_does(fusion):
         low, high = m.min(axis=(1, 2), keepdims=True), m.max(axis=(1, 2), keepdims=True)
         return (m - low) / (high - low)
 
-    expected = np.maximum(norm(s1), norm(s2)) if fusion == "max" else (norm(s1) + norm(s2)) / 2
+    expected = {
+        "max": np.maximum(norm(s1), norm(s2)),
+        "mean": (norm(s1) + norm(s2)) / 2,
+        "s1": norm(s1),
+        "s2": norm(s2),
+    }[fusion]
     np.testing.assert_allclose(maps.numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(logits.numpy(), y1.numpy(), atol=1e-5)
     assert tuple(model.localization_maps(x).shape) == (6, 32, 32)

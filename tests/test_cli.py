@@ -302,10 +302,8 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     )
 
 
-def test_input_normalization_by_the_datasets_statistics(tmp_path):
-    result = run(
-        "train.py", f"--workdir={tmp_path}", *TINY, "--epochs=1", "--noevaluate", "--input_normalization=dataset"
-    )
+def test_input_normalization_by_the_datasets_statistics_by_default(tmp_path):
+    result = run("train.py", f"--workdir={tmp_path}", *TINY, "--epochs=1", "--noevaluate")
     assert result.returncode == 0, result.stderr[-3000:]
     import keras
 
@@ -315,4 +313,4 @@ def test_input_normalization_by_the_datasets_statistics(tmp_path):
     train = synthetic.generate("train", num_classes=3, images_per_class=8, image_size=40)
     np.testing.assert_allclose(model.input_statistics[0], train.images.reshape(-1, 3).mean(axis=0), rtol=1e-5)
     result = run("train.py", f"--workdir={tmp_path}/x", *TINY, "--input_normalization=dataset", "--backbone=vgg16")
-    assert result.returncode != 0 and "--input_normalization=dataset is for --backbone=small" in result.stderr
+    assert result.returncode != 0 and "--input_normalization is for --backbone=small, not vgg16" in result.stderr

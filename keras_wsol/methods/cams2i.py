@@ -42,7 +42,8 @@ Section 3 of the paper, read as follows where it leaves a choice open:
 * **Inference** (Section 3.2): the predicted class comes from ``y1`` (the
   model's logits); its maps from both classifiers are min-max normalized
   and combined at feature resolution by ``fusion``: the element-wise max
-  (ACoL's fusion) or the mean; ``localization_maps`` resizes that.
+  (ACoL's fusion) or the mean (``s1``/``s2``: one map alone, an ablation);
+  ``localization_maps`` resizes that.
 
 Example:
     >>> import numpy as np, keras
@@ -70,7 +71,7 @@ from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
 
 INTER_NETS = ("auto", "imagenet", "small", *TAPS)
-FUSIONS = ("max", "mean")
+FUSIONS = ("max", "mean", "s1", "s2")
 
 
 def _pointwise_head(in_channels: int, channels: int, name: str) -> keras.Sequential:
@@ -167,7 +168,8 @@ class CAMs2i(WSOLModel):
         HyperParameter(
             "fusion",
             "max",
-            "how S1's and S2's min-max normalized maps are combined at inference: element-wise max or mean",
+            "how S1's and S2's min-max normalized maps are combined at inference: element-wise max or mean; "
+            "s1 or s2 takes one classifier's map alone (an ablation)",
             "ACoL (the paper's template) takes the max; the paper says only 'combined after normalization'",
             choices=FUSIONS,
         ),
@@ -255,7 +257,13 @@ class CAMs2i(WSOLModel):
         (y1, _), (s1, s2) = self.two_classifiers(images, training=False)
         ids = predicted_where_negative(class_ids, y1)
         m1, m2 = minmax_normalize(class_channel(s1, ids)), minmax_normalize(class_channel(s2, ids))
-        return y1, ops.maximum(m1, m2) if self.fusion == "max" else (m1 + m2) / 2.0
+        fused = {
+            "max": lambda: ops.maximum(m1, m2),
+            "mean": lambda: (m1 + m2) / 2.0,
+            "s1": lambda: m1,
+            "s2": lambda: m2,
+        }
+        return y1, fused[self.fusion]()
 
     # -- losses ------------------------------------------------------------
     def embed(self, images, training=False) -> tf.Tensor:
