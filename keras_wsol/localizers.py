@@ -52,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import weakref
 
 import keras
 import numpy as np
@@ -381,10 +382,34 @@ def get_localizer(model, method: str, layer: str | None = None, **options) -> Lo
     return LOCALIZERS[method](model, layer, **options)
 
 
+# The localizers compute_scoremaps has built, per model: a call on a new batch reuses the compiled pass.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_localizer(model, method: str, layer: str | None = None, **options) -> Localizer:
+    """:func:`get_localizer`, built once per model, method, layer and options and then reused.
+
+    Example:
+        >>> from keras_wsol.methods import CAM
+        >>> model = CAM(num_classes=2, backbone="small", image_size=32)
+        >>> cached_localizer(model, "gradcam", "mid") is cached_localizer(model, "gradcam", "mid")
+        True
+    """
+    key = (method, layer, tuple(sorted(options.items())))
+    built = _CACHE.setdefault(model, {})
+    if key not in built:
+        built[key] = get_localizer(model, method, layer, **options)
+    return built[key]
+
+
 def compute_scoremaps(
     model, images, method: str, layer: str | None = None, class_ids=None, batch_size: int = 32, **options
 ) -> np.ndarray:
     """Score maps ``[B, H, W]`` in ``[0, 1]`` at the input size, for ``class_ids`` (default: predicted).
+
+    The localizer is built and compiled on the first call for a model, method,
+    layer and options, and reused by later calls (:func:`cached_localizer`),
+    so calling this once per batch costs one compiled pass per batch.
 
     Example:
         >>> from keras_wsol.methods import CAM
@@ -392,7 +417,7 @@ def compute_scoremaps(
         >>> compute_scoremaps(model, np.zeros((3, 32, 32, 3), "float32"), "gradcam", layer="mid").shape
         (3, 32, 32)
     """
-    localizer = get_localizer(model, method, layer, **options)
+    localizer = cached_localizer(model, method, layer, **options)
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be [batch, height, width, channels], got shape {images.shape}")

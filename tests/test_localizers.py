@@ -183,3 +183,19 @@ def test_usable_inside_a_tf_data_pipeline():
     loc = localizers.get_localizer(model, "bagcams", "feat")
     ds = tf.data.Dataset.from_tensor_slices(x).batch(1).map(lambda batch: loc(batch))
     np.testing.assert_allclose(np.concatenate([np.asarray(m) for m in ds]), np.asarray(loc(x)), atol=1e-6)
+
+
+def test_repeated_compute_scoremaps_calls_on_new_batches_reuse_one_trace():
+    keras.utils.set_random_seed(0)
+    model = CAM(num_classes=3, backbone="small", image_size=32)
+    rng = np.random.default_rng(0)
+    first = localizers.compute_scoremaps(model, rng.uniform(0, 255, (4, 32, 32, 3)), "gradcam", "mid")
+    localizer = localizers.cached_localizer(model, "gradcam", "mid")
+    for _ in range(3):
+        batch = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+        maps = localizers.compute_scoremaps(model, batch, "gradcam", "mid")
+        np.testing.assert_allclose(maps, np.asarray(localizer(batch)), atol=1e-6)
+    assert localizer._raw.experimental_get_tracing_count() == 1
+    assert first.shape == (4, 32, 32)
+    other = localizers.cached_localizer(model, "gradcam", "mid", score="softmax")
+    assert other is not localizer  # other options, another localizer
