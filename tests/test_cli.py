@@ -314,3 +314,22 @@ def test_input_normalization_by_the_datasets_statistics_by_default(tmp_path):
     np.testing.assert_allclose(model.input_statistics[0], train.images.reshape(-1, 3).mean(axis=0), rtol=1e-5)
     result = run("train.py", f"--workdir={tmp_path}/x", *TINY, "--input_normalization=dataset", "--backbone=vgg16")
     assert result.returncode != 0 and "--input_normalization is for --backbone=small, not vgg16" in result.stderr
+
+
+def test_data_problems_are_refused_before_training_and_nothing_is_written(tmp_path):
+    flags = folder_flags(tmp_path / "bench")
+    sizes = tmp_path / "bench" / "metadata" / "test" / "image_sizes.txt"
+    sizes.write_text(sizes.read_text().replace(",40,40", ",64,48", 1))
+    result = run("train.py", f"--workdir={tmp_path}/run", *TINY, *flags)
+    assert result.returncode != 0
+    assert (
+        "test split: 1 image file(s) with problems" in result.stderr and "image_sizes.txt says 64x48" in result.stderr
+    )
+    assert not os.path.exists(tmp_path / "run")  # no flags.txt, no checkpoints
+
+
+def test_evaluate_refuses_a_model_of_another_class_count(workdir, tmp_path):
+    result = run("evaluate.py", f"--workdir={workdir}", "--num_classes=2", f"--output_dir={tmp_path}/eval")
+    assert result.returncode != 0
+    assert "test split: its labels span 2 classes, the model has 3" in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "eval")

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_wsol.data import metadata, synthetic
+from keras_wsol.data import metadata, splits, synthetic
 
 
 def test_generator_is_deterministic_for_a_seed():
@@ -70,3 +70,71 @@ def test_metadata_errors_name_file_and_line(tmp_path):
     os.remove(tmp_path / "image_sizes.txt")
     with pytest.raises(metadata.MetadataError, match="image_sizes.txt: file not found"):
         metadata.read_metadata(str(tmp_path))
+
+
+GOOD = {
+    "image_ids.txt": "a.jpg\nb.jpg\n",
+    "class_labels.txt": "a.jpg,0\nb.jpg,1\n",
+    "image_sizes.txt": "a.jpg,10,8\nb.jpg,10,8\n",
+    "localization.txt": "a.jpg,1,1,5,5\nb.jpg,0,0,10,8\n",
+}
+
+
+@pytest.mark.parametrize(
+    "name,text,message",
+    [
+        (
+            "image_ids.txt",
+            "a.jpg\nb.jpg\na.jpg\n",
+            r"image_ids.txt:3: image 'a.jpg' is listed twice \(first on line 1\)",
+        ),
+        ("class_labels.txt", "a.jpg,0\nb.jpg,1\na.jpg,2\n", r"class_labels.txt:3: a second line for image 'a.jpg'"),
+        ("class_labels.txt", "a.jpg,0\nb.jpg,-1\n", r"class_labels.txt:2: class label must be >= 0, got -1"),
+        ("image_sizes.txt", "a.jpg,10,8\nb.jpg,10,8\nb.jpg,12,8\n", r"image_sizes.txt:3: a second line for image"),
+        ("localization.txt", "a.jpg,1,1,5,5\nb.jpg,0,0,30,8\n", r"localization.txt:2: box \(0, 0, 30, 8\) is outside"),
+        ("localization.txt", "a.jpg,-3,1,5,5\nb.jpg,0,0,10,8\n", r"localization.txt:1: box \(-3, 1, 5, 5\) is outside"),
+    ],
+)
+def test_metadata_refuses_duplicates_negative_labels_and_boxes_outside_the_image(tmp_path, name, text, message):
+    for file, content in {**GOOD, name: text}.items():
+        (tmp_path / file).write_text(content)
+    with pytest.raises(metadata.MetadataError, match=message):
+        metadata.read_metadata(str(tmp_path))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+    for file, content in GOOD.items():
+        (tmp_path / file).write_text(content, encoding="utf-8-sig")  # as some editors save
+    meta = metadata.read_metadata(str(tmp_path))
+    assert meta.image_ids == ["a.jpg", "b.jpg"] and meta.sizes["a.jpg"] == (10, 8)
+
+
+def test_image_files_are_checked_for_existence_damage_and_size_before_training(tmp_path):
+    data = synthetic.generate("val", num_classes=2, images_per_class=2, image_size=40)
+    synthetic.write_metadata_folder(data, str(tmp_path), "val")
+    split = splits.metadata_split(str(tmp_path / "images"), str(tmp_path / "metadata" / "val"))
+    splits.check_image_files(split, "val")  # as written: no problem
+    sizes = tmp_path / "metadata" / "val" / "image_sizes.txt"
+    sizes.write_text(sizes.read_text().replace(",40,40", ",80,60", 1))
+    os.remove(split.paths[1])
+    png = open(split.paths[2], "rb").read()
+    open(split.paths[2], "wb").write(png[:60] + b"\0" * 40 + png[100:])  # damaged inside, end marker intact
+    split = splits.metadata_split(str(tmp_path / "images"), str(tmp_path / "metadata" / "val"))
+    with pytest.raises(metadata.MetadataError) as error:
+        splits.check_image_files(split, "val")
+    text = str(error.value)
+    assert "val split: 3 image file(s) with problems" in text
+    assert f"{split.paths[0]}: the file is 40x40, image_sizes.txt says 80x60" in text
+    assert f"{split.paths[1]}: no such file" in text and f"{split.paths[2]}: not a readable image" in text
+
+
+def test_splits_that_disagree_are_refused():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    stray = splits.Split.from_arrays(images, np.array([0, 1, 1, 9]), image_ids=["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"classes 2..8 have no training image.*image 'd' has label 9"):
+        splits.check_splits({"train": stray})
+    train = splits.Split.from_arrays(images, np.array([0, 1, 1, 0]))
+    empty = splits.Split.from_arrays(images[:0], np.zeros(0, np.int64), num_classes=2)
+    with pytest.raises(ValueError, match="val split: no images"):
+        splits.check_splits({"train": train, "val": empty})
+    splits.check_splits({"train": train, "test": splits.Split.from_arrays(images[:2], np.array([1, 0]))})

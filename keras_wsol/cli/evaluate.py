@@ -331,6 +331,8 @@ def main(argv: list[str]) -> None:
             )
             return
         split = wsol_flags.load_split(FLAGS.split)
+        classes = getattr(model, "num_classes", None) or int(model.outputs[0].shape[-1])
+        wsol_flags.check_data({FLAGS.split: split}, num_classes=classes)
         if "all" in (FLAGS.localizer, FLAGS.layer):
             methods = list(localizers.LOCALIZERS) if FLAGS.localizer == "all" else [FLAGS.localizer]
             layers = (

@@ -153,6 +153,34 @@ def load_split(split: str):
     return _metadata_split(split, localization=split != "train")
 
 
+def _data_source() -> str:
+    """The flags that say where the data comes from, for error messages."""
+    if FLAGS.dataset in ("folder", "imagenet"):
+        return f"--data_root={FLAGS.data_root} --metadata_root={FLAGS.metadata_root}"
+    return f"--dataset={FLAGS.dataset}"
+
+
+def check_data(data: dict, num_classes: int | None = None) -> None:
+    """Refuse the run's splits before any long work: empty splits, stray labels, missing, damaged or mis-sized files.
+
+    ``num_classes``: the model's class count, when a trained model is to
+    score the splits (it must equal the data's).
+    """
+    from keras_wsol.data import splits
+
+    try:
+        splits.check_splits(data)
+        for name, split in data.items():
+            if num_classes is not None and split.indexable and split.num_classes != num_classes:
+                raise ValueError(
+                    f"{name} split: its labels span {split.num_classes} classes, the model has {num_classes}: "
+                    "evaluate a model on the data it was trained for"
+                )
+            splits.check_image_files(split, name)
+    except ValueError as error:
+        raise app.UsageError(f"{_data_source()}: {error}") from None
+
+
 def define_model_flags() -> None:
     """Method and backbone flags; each registered method's hyper-parameters as ``--<method>_<name>``."""
     if "method" in FLAGS:

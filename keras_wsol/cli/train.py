@@ -239,11 +239,11 @@ def main(argv: list[str]) -> None:
     chief = distribute.is_chief(strategy)
     # Other workers of a multi-worker run write to a scratch folder of their own, removed at the end.
     workdir = FLAGS.workdir if chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
+    data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
+    wsol_flags.check_data(data)  # before anything is written or trained
     os.makedirs(workdir, exist_ok=True)
     if chief:
         write_flagfile(os.path.join(workdir, "flags.txt"))
-
-    data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
     train = data["train"]
     model = build_model(train, strategy)
     if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:

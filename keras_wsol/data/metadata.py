@@ -25,6 +25,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+#: How far past the image's width or height a box corner may lie: inclusive pixel coordinates reach it.
+BOX_MARGIN = 1
+
 
 class MetadataError(ValueError):
     """A metadata file or line that does not follow the format."""
@@ -50,7 +53,7 @@ def _lines(path: str, fields: tuple[int, ...]) -> list[tuple[int, list[str]]]:
     """``(line_number, fields)`` of each line, checking the field count."""
     if not os.path.isfile(path):
         raise MetadataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, if any, is not part of the first id
         text = f.read()
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -77,16 +80,33 @@ def read_metadata(metadata_root: str, localization: bool = True) -> Metadata:
     only (a training split needs no boxes or sizes).
     """
     join = lambda name: os.path.join(metadata_root, name)  # noqa: E731
-    image_ids = [parts[0] for _, parts in _lines(join("image_ids.txt"), (1,))]
-    known = set(image_ids)
+    image_ids, first_line = [], {}
+    for number, (image_id,) in _lines(join("image_ids.txt"), (1,)):
+        if image_id in first_line:
+            raise MetadataError(
+                f"{join('image_ids.txt')}:{number}: image {image_id!r} is listed twice (first on line "
+                f"{first_line[image_id]})"
+            )
+        first_line[image_id] = number
+        image_ids.append(image_id)
 
-    def keyed(name: str, fields: tuple[int, ...]):
+    def keyed(name: str, fields: tuple[int, ...], once: bool = True):
+        seen = {}
         for number, parts in _lines(join(name), fields):
-            if parts[0] not in known:
+            if parts[0] not in first_line:
                 raise MetadataError(f"{join(name)}:{number}: image {parts[0]!r} is not in image_ids.txt")
+            if once and parts[0] in seen:
+                raise MetadataError(
+                    f"{join(name)}:{number}: a second line for image {parts[0]!r} (first on line {seen[parts[0]]})"
+                )
+            seen[parts[0]] = number
             yield number, parts
 
-    labels = {p[0]: int(_number(join("class_labels.txt"), n, p[1], int)) for n, p in keyed("class_labels.txt", (2,))}
+    labels = {}
+    for n, p in keyed("class_labels.txt", (2,)):
+        labels[p[0]] = int(_number(join("class_labels.txt"), n, p[1], int))
+        if labels[p[0]] < 0:
+            raise MetadataError(f"{join('class_labels.txt')}:{n}: class label must be >= 0, got {labels[p[0]]}")
     if not localization:
         _check_complete(join, image_ids, {"class_labels.txt": labels})
         return Metadata(image_ids, labels, None, None, None, None)
@@ -99,7 +119,7 @@ def read_metadata(metadata_root: str, localization: bool = True) -> Metadata:
     boxes: dict | None = None
     mask_paths: dict | None = None
     ignore_paths: dict | None = None
-    for n, p in keyed("localization.txt", (3, 5)):
+    for n, p in keyed("localization.txt", (3, 5), once=False):
         if len(p) == 5:
             if mask_paths is not None:
                 raise MetadataError(f"{join('localization.txt')}:{n}: box line in a mask localization file")
@@ -107,6 +127,12 @@ def read_metadata(metadata_root: str, localization: bool = True) -> Metadata:
             x0, y0, x1, y1 = (float(_number(join("localization.txt"), n, v, float)) for v in p[1:])
             if x1 < x0 or y1 < y0:
                 raise MetadataError(f"{join('localization.txt')}:{n}: box must have x0 <= x1 and y0 <= y1")
+            w, h = sizes.get(p[0], (np.inf, np.inf))
+            if x0 < 0 or y0 < 0 or x1 > w + BOX_MARGIN or y1 > h + BOX_MARGIN:
+                raise MetadataError(
+                    f"{join('localization.txt')}:{n}: box ({p[1]}, {p[2]}, {p[3]}, {p[4]}) is outside image "
+                    f"{p[0]!r} of {w}x{h} (image_sizes.txt)"
+                )
             boxes.setdefault(p[0], []).append((x0, y0, x1, y1))
         else:
             if boxes is not None:

@@ -120,6 +120,101 @@ class Split:
         )
 
 
+def check_image_files(split: Split, name: str, limit: int = 5) -> None:
+    """Every image file of ``split`` exists, has a readable header that checks out, and the size its metadata says.
+
+    Raises :class:`~keras_wsol.data.metadata.MetadataError` listing up to
+    ``limit`` problems, each naming its file, before any training starts.
+    Header and integrity checks (``PIL.Image.verify``) only: seconds for a
+    benchmark's thousands of files. Splits in memory or streamed pass.
+
+    Example:
+        >>> import numpy as np
+        >>> check_image_files(Split.from_arrays(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])), "train")
+    """
+    if split.paths is None:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def problem(index: int) -> str | None:
+        path = split.paths[index]
+        try:
+            with Image.open(path) as image:
+                size = image.size
+                image.verify()
+        except FileNotFoundError:
+            return f"{path}: no such file"
+        except Exception as error:  # PIL raises many kinds for damaged files
+            return f"{path}: not a readable image ({type(error).__name__}: {error})"
+        if split.sizes is not None and tuple(split.sizes[index]) != size:
+            w, h = split.sizes[index]
+            return f"{path}: the file is {size[0]}x{size[1]}, image_sizes.txt says {w}x{h}"
+        return None
+
+    with ThreadPoolExecutor(8) as pool:
+        problems = [p for p in pool.map(problem, range(len(split.paths))) if p]
+    if problems:
+        more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+        raise metadata_lib.MetadataError(
+            f"{name} split: {len(problems)} image file(s) with problems{more}:\n  " + "\n  ".join(problems[:limit])
+        )
+
+
+def check_splits(splits: dict[str, Split]) -> None:
+    """The splits of one run agree: none empty, every training class has images, no other split has a class beyond.
+
+    Raises ``ValueError`` naming the split, image and label (a stray
+    training label of 99 would otherwise build a 100-class head; a test
+    label outside the model's classes would crash after training).
+
+    Example:
+        >>> import numpy as np
+        >>> train = Split.from_arrays(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]))
+        >>> check_splits({"train": train, "test": Split.from_arrays(np.zeros((1, 8, 8, 3), np.uint8), np.array([2]))})
+        Traceback (most recent call last):
+        ...
+        ValueError: test split: image '0' has label 2, but the training split has classes 0..1 only
+    """
+    for name, split in splits.items():
+        if split.indexable and not len(split):
+            raise ValueError(f"{name} split: no images")
+    train = splits.get("train")
+    if train is None or not train.indexable:
+        return
+    present = np.unique(train.labels)
+    if len(present) != train.num_classes:
+        missing = sorted(set(range(train.num_classes)) - set(present.tolist()))
+        top = int(np.argmax(train.labels))
+        raise ValueError(
+            f"train split: classes {_ranges(missing)} have no training image, so the model would have "
+            f"{train.num_classes} classes; image {train.image_ids[top]!r} has label {train.labels[top]}. "
+            "Labels must be 0..C-1, each with training images"
+        )
+    for name, split in splits.items():
+        if name == "train" or not split.indexable or not len(split):
+            continue
+        beyond = np.flatnonzero(split.labels >= train.num_classes)
+        if len(beyond):
+            i = beyond[0]
+            raise ValueError(
+                f"{name} split: image {split.image_ids[i]!r} has label {split.labels[i]}, but the training split "
+                f"has classes 0..{train.num_classes - 1} only"
+            )
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1..3, 7"``."""
+    parts, start = [], None
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(v) if v == start else f"{start}..{v}")
+            start = None
+    return ", ".join(parts)
+
+
 def metadata_split(
     data_root: str,
     split_root: str,
