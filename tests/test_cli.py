@@ -333,3 +333,49 @@ def test_evaluate_refuses_a_model_of_another_class_count(workdir, tmp_path):
     assert result.returncode != 0
     assert "test split: its labels span 2 classes, the model has 3" in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "eval")
+
+
+def snapshot(folder) -> dict:
+    """Every file under ``folder`` with its modification time and size."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            out[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_mtime_ns, stat.st_size)
+    return out
+
+
+def test_rerunning_a_finished_command_changes_nothing_and_other_flags_are_refused(workdir, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    before = snapshot(copy)
+    again = run("train.py", f"--workdir={copy}", *TINY)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+    repeat = run("train.py", f"--flagfile={copy}/flags.txt")  # the README's repeat
+    assert repeat.returncode == 0 and "nothing to do" in repeat.stdout, repeat.stderr[-2000:]
+    assert snapshot(copy) == before
+    other = run("train.py", f"--workdir={copy}", *TINY, "--image_size=48")
+    assert other.returncode != 0 and "--image_size: 40 there, 48 here" in other.stderr, other.stderr[-2000:]
+    assert snapshot(copy) == before  # flags.txt is not rewritten by a refused command
+
+
+def test_a_crash_in_the_final_evaluation_resumes_without_retraining(workdir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    record = json.load(open(copy / "run.json"))
+    assert record["state"] == "evaluated"
+    json.dump({**record, "state": "trained"}, open(copy / "run.json", "w"))  # as if killed while evaluating
+    shutil.rmtree(copy / "eval_test")
+    best = snapshot(copy / "checkpoints")
+    result = run("train.py", f"--workdir={copy}", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained already" in result.stdout and "Epoch " not in result.stdout
+    assert os.path.isfile(copy / "eval_test" / "metrics.json") and snapshot(copy / "checkpoints") == best
+    assert json.load(open(copy / "run.json"))["state"] == "evaluated"
+    overwritten = run("train.py", f"--workdir={copy}", *TINY, "--overwrite")
+    assert overwritten.returncode == 0 and "Epoch 1/2" in overwritten.stdout, overwritten.stderr[-2000:]
+    assert snapshot(copy / "checkpoints") != best

@@ -321,6 +321,12 @@ def define_train_flags() -> None:
     define_data_flags()
     define_model_flags()
     flags.DEFINE_string("workdir", "runs/default", "Output folder: checkpoints, logs, flags, evaluation.")
+    flags.DEFINE_boolean(
+        "overwrite",
+        False,
+        "Delete the run already in --workdir (checkpoints, backup, logs, evaluation) and train anew. Without it, "
+        "the same command resumes an interrupted run, evaluates a trained one, and leaves a finished one alone.",
+    )
     flags.DEFINE_integer("epochs", 12, "Training epochs.", lower_bound=1)
     flags.DEFINE_enum("optimizer", "adam", ("adam", "adamw", "sgd"), "Optimizer.")
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0)

@@ -16,7 +16,7 @@ import sys
 
 from absl import app, logging
 
-from keras_wsol.atomic import write_text
+from keras_wsol.atomic import write_json, write_text
 from keras_wsol.cli import flags as wsol_flags
 
 FLAGS = wsol_flags.FLAGS
@@ -112,6 +112,72 @@ def write_flagfile(path: str) -> None:
         if f.present and type(f).__name__ != "_FlagAlias"
     ]
     write_text(path, "\n".join(sorted(set(lines))) + "\n")
+
+
+#: Flags that, with the data flags and the method's own, make a workdir's run that run.
+IDENTITY_FLAGS = ("method", "backbone", "image_size", "head_channels", "weights", "input_normalization")
+#: What a run writes in its workdir; --overwrite removes exactly these.
+RUN_FILES = ("run.json", "flags.txt", "backup", "checkpoints", "log.csv", "tensorboard", "eval_test")
+
+
+def run_identity() -> dict[str, str]:
+    """The run's data, method and architecture: each identity flag's value (defaults included), by name."""
+    from keras_wsol.methods import get_method
+    from keras_wsol.methods.hyperparameters import flag_name
+
+    names = [*wsol_flags.DATA_FLAGS, *IDENTITY_FLAGS]
+    names += [name for p in get_method(FLAGS.method).hyperparameters if (name := flag_name(FLAGS.method, p))]
+    return {name: str(FLAGS[name].value) for name in sorted(set(names)) if name in FLAGS}
+
+
+def previous_run(workdir: str, identity: dict[str, str]) -> str | None:
+    """The state of the run already in ``workdir`` (``training``, ``trained``, ``evaluated``), None for none.
+
+    Refuses a workdir whose run has another identity, naming the flags
+    that differ, or one holding a run without its record.
+    """
+    import json
+
+    record = os.path.join(workdir, "run.json")
+    if not os.path.isfile(record):
+        if any(os.path.exists(os.path.join(workdir, name)) for name in ("backup", "checkpoints")):
+            raise app.UsageError(
+                f"--workdir={workdir} holds checkpoints without a run.json, so this command cannot tell whether "
+                "they are its own run: pass --overwrite to replace them, or another --workdir"
+            )
+        return None
+    with open(record) as f:
+        previous = json.load(f)
+    theirs = previous["identity"]
+    differ = [
+        f"--{name}: {theirs.get(name, '(not set)')} there, {identity.get(name, '(not set)')} here"
+        for name in sorted(set(theirs) | set(identity))
+        if theirs.get(name) != identity.get(name)
+    ]
+    if differ:
+        raise app.UsageError(
+            f"--workdir={workdir} holds a run of other data or another model ("
+            + "; ".join(differ)
+            + "): pass --overwrite to replace it, or another --workdir"
+        )
+    return previous["state"]
+
+
+def mark_run(workdir: str, identity: dict[str, str], state: str) -> None:
+    """Record the run's identity and state in ``workdir/run.json`` (atomically)."""
+    write_json({"identity": identity, "state": state}, os.path.join(workdir, "run.json"))
+
+
+def remove_run(workdir: str) -> None:
+    """--overwrite: delete what a run wrote in ``workdir`` (nothing else)."""
+    import shutil
+
+    for name in RUN_FILES:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def dataset_statistics(split):
@@ -241,9 +307,22 @@ def main(argv: list[str]) -> None:
     workdir = FLAGS.workdir if chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
     data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
     wsol_flags.check_data(data)  # before anything is written or trained
+    identity = run_identity()
+    if FLAGS.overwrite and chief:
+        remove_run(FLAGS.workdir)
+    state = previous_run(FLAGS.workdir, identity)
+    if state == "evaluated" or (state == "trained" and not FLAGS.evaluate):
+        done = "trained and evaluated" if FLAGS.evaluate else "trained"
+        print(
+            f"--workdir={FLAGS.workdir} already holds this run, {done} (checkpoints/, eval_test/): nothing to do. "
+            "Pass --overwrite to train it again."
+        )
+        return
     os.makedirs(workdir, exist_ok=True)
     if chief:
         write_flagfile(os.path.join(workdir, "flags.txt"))
+        if state is None:
+            mark_run(FLAGS.workdir, identity, "training")
     train = data["train"]
     model = build_model(train, strategy)
     if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
@@ -290,19 +369,27 @@ def main(argv: list[str]) -> None:
             data["val"].labels[:8],
         ),
     ]
-    try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=FLAGS.epochs,
-            callbacks=callbacks,
-            verbose=2,
-            steps_per_epoch=steps_per_epoch if model.uses_class_sets else None,
-        )  # class sets never end
-    except FloatingPointError as error:
-        sys.exit(f"train.py: {error}")
+    if state == "trained":
+        print(f"--workdir={FLAGS.workdir}: trained already; evaluating checkpoints/best.keras")
+    else:
+        try:
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=FLAGS.epochs,
+                callbacks=callbacks,
+                verbose=2,
+                steps_per_epoch=steps_per_epoch if model.uses_class_sets else None,
+            )  # class sets never end
+        except FloatingPointError as error:
+            sys.exit(f"train.py: {error}")
+        except KeyboardInterrupt:
+            sys.exit("\ntrain.py: interrupted. Run the same command again to resume from the last finished epoch.")
+        if not chief:
+            shutil.rmtree(workdir, ignore_errors=True)
+            return
+        mark_run(FLAGS.workdir, identity, "trained")
     if not chief:
-        shutil.rmtree(workdir, ignore_errors=True)
         return
 
     if FLAGS.evaluate:
@@ -312,6 +399,7 @@ def main(argv: list[str]) -> None:
         print(f"\nTest split ({len(data['test'])} images), {FLAGS.method} / {FLAGS.backbone}:")
         print(reporting.format_table(results))
         print(f"\nmetrics and pictures: {out}")
+        mark_run(FLAGS.workdir, identity, "evaluated")
 
 
 def run(argv: list[str] | None = None) -> None:
