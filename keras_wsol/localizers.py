@@ -199,13 +199,45 @@ def _find_layer(model, name: str):
     )
 
 
-def _check_logits(model) -> None:
-    last = model.layers[-1] if getattr(model, "layers", None) and not isinstance(model, WSOLModel) else None
-    if getattr(getattr(last, "activation", None), "__name__", "") == "softmax":
+def logits_model(model):
+    """``model`` itself, or, when it ends in a softmax, the same network up to the logits before it.
+
+    A final ``Dense(activation="softmax")`` (keras.applications' default
+    head) becomes its affine part on the same weights; a final ``Softmax`` or
+    ``Activation("softmax")`` layer is skipped. The wrapper shares every layer
+    and variable with ``model``. Any other softmax ending is refused with what
+    to do.
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((4,))
+        >>> probabilities = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+        >>> logits = logits_model(probabilities)
+        >>> x = np.ones((1, 4), "float32")
+        >>> bool(np.allclose(keras.ops.softmax(logits(x)), probabilities(x), atol=1e-6))
+        True
+    """
+    if isinstance(model, WSOLModel) or not getattr(model, "layers", None):
+        return model
+    last = model.layers[-1]
+    if getattr(getattr(last, "activation", None), "__name__", "") != "softmax" and not isinstance(
+        last, keras.layers.Softmax
+    ):
+        return model
+    if len(model.outputs or []) != 1:
+        raise ValueError(f"{model.name} has {len(model.outputs or [])} outputs; localizers need one of logits")
+    if isinstance(last, (keras.layers.Softmax, keras.layers.Activation)):
+        logits = last.input
+    elif isinstance(last, keras.layers.Dense):
+        logits = ops.matmul(last.input, last.kernel)
+        if last.use_bias:
+            logits = logits + last.bias
+    else:
         raise ValueError(
-            f"{model.name} ends in a softmax; localizers need logits: build the classifier without it "
-            "(keras.applications: classifier_activation=None)"
+            f"{model.name} ends in a softmax inside {type(last).__name__} {last.name!r}; localizers need logits: "
+            "build the classifier without it (keras.applications: classifier_activation=None)"
         )
+    return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
 
 
 class Localizer:
@@ -230,7 +262,7 @@ class Localizer:
     def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None):
         if score not in SCORES:
             raise ValueError(f"score={score!r}; choose one of {', '.join(SCORES)}")
-        _check_logits(model)
+        model = logits_model(model)
         if getattr(model, "class_agnostic_maps", False) and self.name != "cam":
             raise ValueError(
                 f"{type(model).__name__} maps are class-agnostic (its own, e.g. ORNet's p^a): use the cam "

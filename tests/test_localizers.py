@@ -148,9 +148,15 @@ def test_keras_applications_classifier_by_layer_name():
     unguided = localizers.compute_scoremaps(model, x, "bagcams", "block_13_expand_relu", guided=False)
     assert not np.allclose(unguided, localizers.compute_scoremaps(model, x, "bagcams", "block_13_expand_relu"))
     assert all("call" not in op.__dict__ for op in localizers._all_operations(model))
-    softmax = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=3)
-    with pytest.raises(ValueError, match="classifier_activation=None"):
-        localizers.get_localizer(softmax, "gradcam")
+    # Its default softmax head: the localizers take the logits before it, on the same weights.
+    softmax = keras.applications.MobileNetV2(input_shape=(64, 64, 3), weights=None, classes=3)
+    softmax.set_weights(model.get_weights())
+    for method in localizers.LOCALIZERS:
+        np.testing.assert_allclose(
+            localizers.get_localizer(softmax, method, "block_13_expand_relu")(x),
+            localizers.get_localizer(model, method, "block_13_expand_relu")(x),
+            atol=1e-5,
+        )
 
 
 def test_wsol_model_taps_match_the_layers_behind_them():
@@ -199,3 +205,19 @@ def test_repeated_compute_scoremaps_calls_on_new_batches_reuse_one_trace():
     assert first.shape == (4, 32, 32)
     other = localizers.cached_localizer(model, "gradcam", "mid", score="softmax")
     assert other is not localizer  # other options, another localizer
+
+
+def test_a_softmax_layer_head_is_skipped_not_taken_for_logits():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="feat")(inputs)
+    logits = keras.layers.Dense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(features))
+    with_logits = keras.Model(inputs, logits)
+    with_softmax = keras.Model(inputs, keras.layers.Softmax()(logits))
+    x = np.random.default_rng(3).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    for method in ("gradcam", "bagcams"):
+        np.testing.assert_allclose(
+            localizers.get_localizer(with_softmax, method, "feat")(x),
+            localizers.get_localizer(with_logits, method, "feat")(x),
+            atol=1e-6,
+        )
