@@ -379,3 +379,13 @@ def test_a_crash_in_the_final_evaluation_resumes_without_retraining(workdir, tmp
     overwritten = run("train.py", f"--workdir={copy}", *TINY, "--overwrite")
     assert overwritten.returncode == 0 and "Epoch 1/2" in overwritten.stdout, overwritten.stderr[-2000:]
     assert snapshot(copy / "checkpoints") != best
+
+
+def test_cache_files_are_keyed_to_the_data_they_hold(tmp_path):
+    result = run("train.py", f"--workdir={tmp_path}/run", *TINY, "--epochs=1", "--noevaluate", f"--cache={tmp_path}/c")
+    assert result.returncode == 0, result.stderr[-2000:]
+    from keras_wsol.data import splits
+
+    train = synthetic.generate("train", num_classes=3, images_per_class=8, image_size=40).as_split(3)
+    names = {name.split(".")[0] for name in os.listdir(tmp_path) if name.startswith("c_")}
+    assert f"c_train_{splits.fingerprint(train, 40)}" in names, names

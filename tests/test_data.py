@@ -138,3 +138,19 @@ def test_splits_that_disagree_are_refused():
     with pytest.raises(ValueError, match="val split: no images"):
         splits.check_splits({"train": train, "val": empty})
     splits.check_splits({"train": train, "test": splits.Split.from_arrays(images[:2], np.array([1, 0]))})
+
+
+def test_the_cache_fingerprint_changes_when_the_files_or_labels_change(tmp_path):
+    data = synthetic.generate("val", num_classes=2, images_per_class=2, image_size=40)
+    synthetic.write_metadata_folder(data, str(tmp_path), "val")
+
+    def current():
+        return splits.fingerprint(
+            splits.metadata_split(str(tmp_path / "images"), str(tmp_path / "metadata" / "val")), 40
+        )
+
+    first = current()
+    assert current() == first
+    path = tmp_path / "images" / data.image_ids[0]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # the file was replaced
+    assert current() != first

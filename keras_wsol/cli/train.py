@@ -263,7 +263,7 @@ def training_data(model, train, strategy):
                     f"--batch_size={FLAGS.batch_size} (global) must be a multiple of the {replicas} replicas"
                 )
             batch = FLAGS.batch_size
-            ds = pipeline.training_dataset(train, batch, FLAGS.image_size, FLAGS.seed, cache=_cache("train"))
+            ds = pipeline.training_dataset(train, batch, FLAGS.image_size, FLAGS.seed, cache=_cache("train", train))
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     steps = len(train) // batch
@@ -277,11 +277,17 @@ def training_data(model, train, strategy):
     return ds.with_options(options), steps
 
 
-def _cache(split: str) -> str | None:
-    """The --cache value for one split: 'memory', or the file prefix with the split's name."""
+def _cache(name: str, split) -> str | None:
+    """The --cache value for one split: 'memory', or the file prefix with the split's name and its data's hash.
+
+    The hash (:func:`keras_wsol.data.splits.fingerprint`) keeps a cache of
+    other data, or of the same files before they changed, from being read.
+    """
+    from keras_wsol.data.splits import fingerprint
+
     if not FLAGS.cache or FLAGS.cache == "memory":
         return FLAGS.cache
-    return f"{FLAGS.cache}_{split}"
+    return f"{FLAGS.cache}_{name}_{fingerprint(split, FLAGS.image_size)}"
 
 
 def main(argv: list[str]) -> None:
@@ -328,7 +334,7 @@ def main(argv: list[str]) -> None:
     if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
         distribute.synchronize_batch_norm(model)
     train_ds, steps_per_epoch = training_data(model, train, strategy)
-    val_ds = pipeline.eval_dataset(data["val"], FLAGS.batch_size, FLAGS.image_size, cache=_cache("val"))
+    val_ds = pipeline.eval_dataset(data["val"], FLAGS.batch_size, FLAGS.image_size, cache=_cache("val", data["val"]))
 
     with strategy.scope():
         steps = FLAGS.epochs * steps_per_epoch
@@ -378,7 +384,7 @@ def main(argv: list[str]) -> None:
                 validation_data=val_ds,
                 epochs=FLAGS.epochs,
                 callbacks=callbacks,
-                verbose=2,
+                verbose="auto" if sys.stdout.isatty() else 2,  # a progress bar in a terminal, a line an epoch in logs
                 steps_per_epoch=steps_per_epoch if model.uses_class_sets else None,
             )  # class sets never end
         except FloatingPointError as error:
