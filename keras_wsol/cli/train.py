@@ -324,11 +324,6 @@ def main(argv: list[str]) -> None:
             "Pass --overwrite to train it again."
         )
         return
-    os.makedirs(workdir, exist_ok=True)
-    if chief:
-        write_flagfile(os.path.join(workdir, "flags.txt"))
-        if state is None:
-            mark_run(FLAGS.workdir, identity, "training")
     train = data["train"]
     model = build_model(train, strategy)
     if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
@@ -375,6 +370,12 @@ def main(argv: list[str]) -> None:
             data["val"].labels[:8],
         ),
     ]
+    # Written once the model is built and compiled: a command that fails before leaves nothing behind.
+    os.makedirs(workdir, exist_ok=True)
+    if chief:
+        write_flagfile(os.path.join(workdir, "flags.txt"))
+        if state is None:
+            mark_run(FLAGS.workdir, identity, "training")
     if state == "trained":
         print(f"--workdir={FLAGS.workdir}: trained already; evaluating checkpoints/best.keras")
     else:
