@@ -253,8 +253,9 @@ class ORNet(WSOLModel):
         HyperParameter(
             "stage1_checkpoint",
             None,
-            "stage 2: the stage-1 .keras model it starts from",
-            "build input",
+            "stage 2: the stage-1 .keras model it starts from: its last epoch (checkpoints/last.keras), as the "
+            "official code's last_epoch.pth",
+            "build input (official config/CUB_200_2011.yaml ATT_CHECKPOINT: the stage-1 last epoch)",
             kind=str,
             saved=False,
             aliases=("stage1_checkpoint",),
