@@ -18,9 +18,10 @@
 A thin entry point of :mod:`keras_wsol.cli.train` (installed: ``wsol-train``).
 Each method's hyper-parameters are ``--<method>_<name>`` flags (README tables,
 ``python train.py --helpfull``). Writes to --workdir: flags.txt, checkpoints/{best,last}.keras, log.csv,
-tensorboard/ (with CAM overlays), backup/ (resume), eval_test/ (metrics.json,
-pictures). Run the same command again after a crash and it continues from
-the last finished epoch.
+tensorboard/ (with CAM overlays), backup/ (resume), run.json (the run's identity and state),
+eval_test/ (metrics.json, pictures). Run the same command again after a crash and it continues
+from the last finished epoch (or only evaluates, or does nothing for a finished run);
+--overwrite trains anew.
 """
 
 from keras_wsol.cli.train import run

@@ -3,9 +3,10 @@
 Run it as ``python train.py`` (a checkout), ``wsol-train`` (installed) or
 ``python -m keras_wsol.cli.train``; the root ``train.py`` documents the flags
 with examples. Writes to --workdir: flags.txt, checkpoints/{best,last}.keras,
-log.csv, tensorboard/ (with CAM overlays), backup/ (resume), eval_test/
-(metrics.json, pictures). Run the same command again after a crash and it
-continues from the last finished epoch.
+log.csv, tensorboard/ (with CAM overlays), backup/ (resume), run.json (the
+run's identity and state), eval_test/ (metrics.json, pictures). Run the same
+command again after a crash and it continues from the last finished epoch (or
+only evaluates, or does nothing for a finished run); --overwrite trains anew.
 """
 
 from __future__ import annotations
