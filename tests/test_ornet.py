@@ -194,8 +194,15 @@ def test_stage2_starts_from_stage1_weights_and_its_evaluator_is_unchanged_by_a_f
     assert not np.array_equal(np.asarray(model.localization_maps(x)), np.asarray(stage1.localization_maps(x)))
 
 
-def test_erasing_is_off_at_inference_and_logits_come_from_the_evaluator():
-    _, evaluator, model = stage2_model(3, erasing_recipe="fixed", erase_threshold=0.0, erase_prob=1.0)
+@pytest.mark.parametrize(
+    "erasing",
+    [
+        {"erasing_recipe": "fixed", "erase_threshold": 0.0, "erase_prob": 1.0},
+        {"erasing_recipe": "official", "erase_gate": 1.0, "erase_max_factor": 1.0, "erase_min_half": 1},
+    ],
+)
+def test_erasing_is_off_at_inference_and_logits_come_from_the_evaluator(erasing):
+    _, evaluator, model = stage2_model(3, **erasing)
     x, y = batch(3)
     _, _, p_a = model.activation_maps(x)
     unerased = np.asarray(model.evaluate_maps(x, p_a))

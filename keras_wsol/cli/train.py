@@ -298,7 +298,7 @@ def main(argv: list[str]) -> None:
 
     import keras
 
-    from keras_wsol import distribute, reporting
+    from keras_wsol import distribute
     from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss, ValidationLocalization
     from keras_wsol.data import pipeline, synthetic
 
@@ -324,6 +324,11 @@ def main(argv: list[str]) -> None:
             f"--workdir={FLAGS.workdir} already holds this run, {done} (checkpoints/, eval_test/): nothing to do. "
             "Pass --overwrite to train it again."
         )
+        return
+    if state == "trained":  # training finished, its final evaluation did not: no model to build
+        if chief:
+            print(f"--workdir={FLAGS.workdir}: trained already; evaluating checkpoints/best.keras")
+            evaluate_test(data["test"], identity)
         return
     train = data["train"]
     model = build_model(train, strategy)
@@ -377,37 +382,40 @@ def main(argv: list[str]) -> None:
         write_flagfile(os.path.join(workdir, "flags.txt"))
         if state is None:
             mark_run(FLAGS.workdir, identity, "training")
-    if state == "trained":
-        print(f"--workdir={FLAGS.workdir}: trained already; evaluating checkpoints/best.keras")
-    else:
-        try:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=FLAGS.epochs,
-                callbacks=callbacks,
-                verbose="auto" if sys.stdout.isatty() else 2,  # a progress bar in a terminal, a line an epoch in logs
-                steps_per_epoch=steps_per_epoch if model.uses_class_sets else None,
-            )  # class sets never end
-        except FloatingPointError as error:
-            sys.exit(f"train.py: {error}")
-        except KeyboardInterrupt:
-            sys.exit("\ntrain.py: interrupted. Run the same command again to resume from the last finished epoch.")
-        if not chief:
-            shutil.rmtree(workdir, ignore_errors=True)
-            return
-        mark_run(FLAGS.workdir, identity, "trained")
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=FLAGS.epochs,
+            callbacks=callbacks,
+            verbose="auto" if sys.stdout.isatty() else 2,  # a progress bar in a terminal, a line an epoch in logs
+            steps_per_epoch=steps_per_epoch if model.uses_class_sets else None,
+        )  # class sets never end
+    except FloatingPointError as error:
+        sys.exit(f"train.py: {error}")
+    except KeyboardInterrupt:
+        sys.exit("\ntrain.py: interrupted. Run the same command again to resume from the last finished epoch.")
     if not chief:
+        shutil.rmtree(workdir, ignore_errors=True)
         return
-
+    mark_run(FLAGS.workdir, identity, "trained")
     if FLAGS.evaluate:
-        best = keras.models.load_model(os.path.join(ckpt, "best.keras"))
-        out = os.path.join(workdir, "eval_test")
-        results = reporting.evaluate_split(best, data["test"], out, wsol_flags.protocol())
-        print(f"\nTest split ({len(data['test'])} images), {FLAGS.method} / {FLAGS.backbone}:")
-        print(reporting.format_table(results))
-        print(f"\nmetrics and pictures: {out}")
-        mark_run(FLAGS.workdir, identity, "evaluated")
+        evaluate_test(data["test"], identity)
+
+
+def evaluate_test(test, identity: dict[str, str]) -> None:
+    """The final evaluation: the run's best checkpoint on the test split; the run is then ``evaluated``."""
+    import keras
+
+    from keras_wsol import reporting
+
+    best = keras.models.load_model(os.path.join(FLAGS.workdir, "checkpoints", "best.keras"))
+    out = os.path.join(FLAGS.workdir, "eval_test")
+    results = reporting.evaluate_split(best, test, out, wsol_flags.protocol())
+    print(f"\nTest split ({len(test)} images), {FLAGS.method} / {FLAGS.backbone}:")
+    print(reporting.format_table(results))
+    print(f"\nmetrics and pictures: {out}")
+    mark_run(FLAGS.workdir, identity, "evaluated")
 
 
 def run(argv: list[str] | None = None) -> None:
