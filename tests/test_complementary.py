@@ -16,6 +16,7 @@ from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import attention_fusion_per_image
 from keras_wsol.methods import Complementary
+from keras_wsol.methods.complementary import AGGREGATIONS
 
 
 def test_x_and_its_complement_hide_each_patch_exactly_once():
@@ -122,10 +123,27 @@ def test_inference_switches_the_attention_off_unless_asked():
     model.caam.delta_x.assign(3.0)
     model.ssam_x.alpha.assign(3.0)
     plain = np.asarray(model.features(x)["cam"])
-    expected = np.asarray(model.aggregate(2.0 * model.backbone(x)["high"]))
+    expected = np.asarray(model.aggregated(2.0 * model.backbone(x)["high"]))
     np.testing.assert_allclose(plain, expected, rtol=1e-5, atol=1e-5)  # conv(F + F): CAM of the trained parts
     model.attention_at_inference = True
     assert not np.allclose(np.asarray(model.features(x)["cam"]), plain)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_aggregation_choices(aggregation):
+    model, x, _ = model_and_batch(3, aggregation=aggregation)
+    has_norm = aggregation == "bn_relu"
+    assert (model.aggregate_norm is not None) == has_norm and (model.aggregate.bias is None) == has_norm
+    # A conv pushing every output below zero: the ReLU alone dies, BatchNorm in training keeps every channel alive.
+    model.aggregate.kernel.assign(-np.abs(np.asarray(model.aggregate.kernel)) - 1e-3)
+    features = np.abs(np.asarray(model.backbone(x)["high"])) + 0.1
+    fused = np.asarray(model.aggregated(features, training=True))
+    positive = (fused > 0).mean()
+    if aggregation == "bn_relu":
+        alive = (fused > 0).reshape(-1, fused.shape[-1]).any(axis=0)
+        assert alive.all() and 0.2 < positive < 0.8 and (fused >= 0).all()
+    else:
+        assert positive == 0.0 and ((fused == 0).all() if aggregation == "relu" else (fused < 0).all())
 
 
 def test_short_fit_then_save_and_load(tmp_path):

@@ -15,8 +15,10 @@ Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
   of :class:`WSOLModel`, i.e. after ``head_channels`` if any).
 * **CAAM** (Eq. 1-6), one layer across the branches with ``delta_x`` and
   ``delta_x~``; **SSAM** (Eq. 7-8), one per branch (``alpha_x``,
-  ``alpha_x~``); **aggregation** (Eq. 9), one 3x3 conv + ReLU of the
-  feature width shared by both branches (Algorithm 1 writes one ``conv``).
+  ``alpha_x~``); **aggregation** (Eq. 9), one 3x3 conv of the feature
+  width shared by both branches (Algorithm 1 writes one ``conv``), followed
+  by BatchNorm and ReLU as in the conv after each attention module of the
+  code of DANet, the paper's source for CAAM and SSAM (``aggregation``).
   A module switched off (``use_caam`` / ``use_ssam`` False, the ablations of
   Table 5) passes ``F`` through, so the aggregation still sees ``F^c + F^s``.
 * **Two classifiers** after GAP, ``theta^x`` and ``theta^x~`` of Algorithm 1
@@ -58,6 +60,7 @@ from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
 
 PAPER_PATCH_SIZES = (16, 32, 44, 56)
+AGGREGATIONS = ("bn_relu", "relu", "linear")
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
 
@@ -110,6 +113,14 @@ class Complementary(WSOLModel):
             choices=FUSION_REDUCTIONS,
         ),
         HyperParameter(
+            "aggregation",
+            "bn_relu",
+            "the Eq. 9 conv's output: bn_relu (BatchNorm, ReLU), relu, or linear (Eq. 9 as written)",
+            "DANet's code (the paper's ref. [11] for CAAM and SSAM) follows each attention module with conv, "
+            "BatchNorm, ReLU; measured: relu alone dies on ImageNet features (docs/RESULTS.md)",
+            choices=AGGREGATIONS,
+        ),
+        HyperParameter(
             "use_caam",
             True,
             "train with CAAM (Eq. 1-6); false: the Table 5 ablation",
@@ -152,7 +163,9 @@ class Complementary(WSOLModel):
         self.caam = ChannelAssistedAttention(name="caam") if self.use_caam else None
         self.ssam_x = SpatialSelfAttention(name="ssam_x") if self.use_ssam else None
         self.ssam_complement = SpatialSelfAttention(name="ssam_complement") if self.use_ssam else None
-        self.aggregate = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="aggregate")
+        batch_norm = self.aggregation == "bn_relu"
+        self.aggregate = keras.layers.Conv2D(width, 3, padding="same", use_bias=not batch_norm, name="aggregate")
+        self.aggregate_norm = keras.layers.BatchNormalization(name="aggregate_bn") if batch_norm else None
         self.classifier_complement = keras.layers.Dense(self.num_classes, name="classifier_complement")
         side = self.image_size // 8  # any size: the modules only need the channel count to build
         feature_shape = (None, side, side, width)
@@ -161,6 +174,9 @@ class Complementary(WSOLModel):
                 module.build(feature_shape)
         if self.caam is not None:
             self.caam.build(feature_shape, feature_shape)
+        self.aggregate.build(feature_shape)
+        if self.aggregate_norm is not None:
+            self.aggregate_norm.build(feature_shape)
         self.classifier_complement.build((None, width))
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="hide_and_seek_seed")
         self.add_part_trackers("ce_complement", "fusion")
@@ -182,25 +198,36 @@ class Complementary(WSOLModel):
         return images * mask + fill * (1.0 - mask), images * (1.0 - mask) + fill * mask, mask[..., 0]
 
     # -- forward -----------------------------------------------------------
-    def fuse(self, features, complement, attention: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    def fuse(self, features, complement, attention: bool = True, training=False) -> tuple[tf.Tensor, tf.Tensor]:
         """``(F_x^t, F_x~^t)`` of Eq. 9 from both branches' features; ``attention=False`` switches CAAM and SSAM off."""
         channel_x, channel_xt = self.caam(features, complement) if attention and self.caam else (features, complement)
-        return (
-            self.aggregate_branch(features, channel_x, self.ssam_x, attention),
-            self.aggregate_branch(complement, channel_xt, self.ssam_complement, attention),
-        )
+        summed = ops.concatenate(
+            [
+                channel_x + self.spatial(features, self.ssam_x, attention),
+                channel_xt + self.spatial(complement, self.ssam_complement, attention),
+            ],
+            axis=0,
+        )  # one pass over both branches, so BatchNorm sees both as the backbone does
+        return tuple(ops.split(self.aggregated(summed, training), 2))
 
-    def aggregate_branch(self, features, channel, ssam, attention: bool = True) -> tf.Tensor:
-        """Eq. 9 for one branch: ``conv(F^c + F^s)``, with ``F^s = F`` when SSAM is off."""
-        spatial = ssam(features) if attention and ssam else features
-        return self.aggregate(channel + spatial)
+    @staticmethod
+    def spatial(features, ssam, attention: bool = True) -> tf.Tensor:
+        """``F^s`` of Eq. 7-8: ``F`` itself when SSAM is off or ``attention`` is False."""
+        return ssam(features) if attention and ssam else features
+
+    def aggregated(self, summed, training=False) -> tf.Tensor:
+        """Eq. 9 on ``F^c + F^s``: the shared conv, then ``aggregation``'s BatchNorm and ReLU."""
+        fused = self.aggregate(summed)
+        if self.aggregate_norm is not None:
+            fused = self.aggregate_norm(fused, training=training)
+        return fused if self.aggregation == "linear" else ops.relu(fused)
 
     def features(self, images, training=False) -> dict:
         taps = super().features(images, training=training)
         # Inference runs branch X alone, on the full image (CAAM sees it as both inputs).
         f, attention = taps["cam"], self.attention_at_inference
         channel = self.caam(f, f)[0] if attention and self.caam else f
-        taps["cam"] = self.aggregate_branch(f, channel, self.ssam_x, attention)
+        taps["cam"] = self.aggregated(channel + self.spatial(f, self.ssam_x, attention), training)
         return taps
 
     # -- training ------------------------------------------------------------
@@ -209,7 +236,7 @@ class Complementary(WSOLModel):
         x, xt, _ = self.complementary_pair(images)
         both = super().features(ops.concatenate([x, xt], axis=0), training=training)["cam"]
         features, complement = ops.split(both, 2)
-        fused_x, fused_xt = self.fuse(features, complement)
+        fused_x, fused_xt = self.fuse(features, complement, training=training)
         logits_x = self.classifier(self.gap(fused_x))
         logits_xt = self.classifier_complement(self.gap(fused_xt))
         maps_x = class_channel(self.cams(fused_x), labels)
