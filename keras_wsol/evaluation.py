@@ -499,3 +499,22 @@ class MaskEvaluator:
             "PxAP": pxap,
             "pIoU": 100.0 * float((tp / (tp + fp + fn)).max()),
         }
+
+
+TABLE_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A fixed-width table: one row per run, the protocol's headline numbers.
+
+    Example:
+        >>> print(format_table({"cam": {"MaxBoxAccV2": 74.06, "PxAP": 81.66}}))
+                             MaxBoxAccV2          PxAP
+        cam                        74.06         81.66
+    """
+    keys = [k for k in TABLE_KEYS if any(k in r for r in results.values())]
+    header = f"{'':18s}" + "".join(f"{k:>14s}" for k in keys)
+    rows = [header]
+    for name, r in results.items():
+        rows.append(f"{name:18s}" + "".join(f"{r[k]:14.2f}" if k in r else f"{'-':>14s}" for k in keys))
+    return "\n".join(rows)

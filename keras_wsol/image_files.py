@@ -29,14 +29,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_wsol import visualize
+from keras_wsol.choices import DEFAULT_BOX_THRESHOLD
 from keras_wsol.data.pipeline import read_image
 from keras_wsol.evaluation import boxes_at_threshold
 from keras_wsol.localizers import Localizer
 from keras_wsol.maps import upsample_normalized
-
-#: Box threshold tau on the min-max normalized map: CAM's fixed 20% (Zhou et al., CVPR 2016), the value the
-#: WSOL papers before the protocol of Choe et al. used for every image.
-DEFAULT_BOX_THRESHOLD = 0.2
 
 
 @dataclass

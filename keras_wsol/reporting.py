@@ -24,9 +24,6 @@ from keras_wsol.evaluation import Protocol
 from keras_wsol.maps import upsample_normalized
 
 BASELINES = ("full_image", "center_gaussian")
-TABLE_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
-
-
 def baseline_maps(kind: str, count: int, resize_length: int) -> np.ndarray:
     """Trivial score maps: ``full_image`` (ones, one corner pixel 0 so the
     constant-map rule does not blank it) or ``center_gaussian`` (sigma R/4)."""
@@ -252,13 +249,3 @@ def write_pictures(
         titles,
         os.path.join(output_dir, "overlays.png"),
     )
-
-
-def format_table(results: dict[str, dict]) -> str:
-    """A fixed-width table: one row per run, the protocol's headline numbers."""
-    keys = [k for k in TABLE_KEYS if any(k in r for r in results.values())]
-    header = f"{'':18s}" + "".join(f"{k:>14s}" for k in keys)
-    rows = [header]
-    for name, r in results.items():
-        rows.append(f"{name:18s}" + "".join(f"{r[k]:14.2f}" if k in r else f"{'-':>14s}" for k in keys))
-    return "\n".join(rows)

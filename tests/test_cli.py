@@ -27,6 +27,26 @@ def run(script, *args):
     )
 
 
+# Runs a script as __main__, then prints which heavy modules it imported (on exit too, as --help exits).
+IMPORT_REPORT = """
+import atexit, runpy, sys
+atexit.register(lambda: print("IMPORTED", sorted(m for m in ("tensorflow", "keras") if m in sys.modules)))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_reporting_imports(script, *args):
+    """``run``, with a last stdout line ``IMPORTED [...]`` naming TensorFlow or Keras if the script imported them."""
+    return subprocess.run(
+        [sys.executable, "-c", IMPORT_REPORT, os.path.join(ROOT, script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("run"))
@@ -73,11 +93,12 @@ def test_evaluator_only_mode_boxes_and_masks(tmp_path):
         np.save(
             maps / (image_id + ".npy"), cv2.resize(mask.astype(np.float32), (224, 224), interpolation=cv2.INTER_NEAREST)
         )
-    out = tmp_path / "boxes.json"
-    result = run(
+    out = tmp_path / "new_folder" / "boxes.json"  # created before the evaluation
+    result = run_reporting_imports(
         "evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "IMPORTED []"  # numpy and OpenCV only
     boxes = json.load(open(out))
     for key in (
         "num_images",
@@ -106,6 +127,38 @@ def test_evaluator_only_mode_boxes_and_masks(tmp_path):
         "evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}"
     )
     assert result.returncode != 0 and split.image_ids[1] + ".npy" in result.stderr
+    result = run(
+        "evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={maps}"
+    )
+    assert result.returncode != 0 and f"--output_json={maps} is a folder" in result.stderr
+
+
+def test_help_lists_the_flags_and_evaluate_help_needs_no_tensorflow():
+    evaluate = run_reporting_imports("evaluate.py", "--help")
+    assert evaluate.stdout.splitlines()[-1] == "IMPORTED []"  # absl exits with 1 after --help
+    for flag in ("--scoremap_root", "--output_json", "--metadata_root", "--localizer", "--workdir", "--export"):
+        assert f"  {flag}" in evaluate.stdout, flag
+    train = run("train.py", "--help")
+    for flag in ("--method", "--epochs", "--workdir", "--minmaxcam_lambda_frr", "--select_checkpoint"):
+        assert f"  {flag}" in train.stdout, flag
+
+
+@pytest.mark.parametrize(
+    "lines,error",
+    [
+        (["--epochs=2", "# a comment", "--batch_size=abc"], "{file}:3: flag --batch_size=abc"),
+        (["--epochs=2", "--epoch=4"], "{file}:2: unknown flag --epoch (did you mean --epochs?)"),
+        (["--method=camm"], "{file}:1: flag --method=camm"),
+        (["--nojit_compile", "epochs=2"], "{file}:2: 'epochs=2' is not a flag"),
+        (["--flagfile={file}"], "includes itself"),
+    ],
+)
+def test_flagfile_errors_name_the_file_and_line(lines, error, tmp_path):
+    path = tmp_path / "flags.txt"
+    path.write_text("\n".join(lines).format(file=path) + "\n")
+    result = run("train.py", f"--flagfile={path}", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode != 0 and error.format(file=path) in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize(

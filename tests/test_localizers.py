@@ -221,3 +221,9 @@ def test_a_softmax_layer_head_is_skipped_not_taken_for_logits():
             localizers.get_localizer(with_logits, method, "feat")(x),
             atol=1e-6,
         )
+
+
+def test_the_names_evaluate_offers_without_tensorflow_are_the_localizers():
+    from keras_wsol import choices
+
+    assert choices.LOCALIZER_NAMES == tuple(localizers.LOCALIZERS)

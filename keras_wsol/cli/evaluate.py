@@ -8,13 +8,18 @@ modes with examples.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import app, flags
 
-from keras_wsol import image_files, localizers
+from keras_wsol import evaluation
 from keras_wsol.atomic import write_json
+from keras_wsol.choices import DEFAULT_BOX_THRESHOLD, LOCALIZER_NAMES
 from keras_wsol.cli import flags as wsol_flags
+
+if TYPE_CHECKING:
+    from keras_wsol.localizers import Localizer
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +36,7 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_enum(
         "localizer",
         "cam",
-        (*localizers.LOCALIZERS, "all"),
+        (*LOCALIZER_NAMES, "all"),
         "How score maps are made from the checkpoint (keras_wsol.localizers); all: sweep them.",
     )
     flags.DEFINE_string(
@@ -84,7 +89,7 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_bool("imagenet_surgery", False, "--imagenet: run the last stride-2 stage at stride 1 (finer maps).")
     flags.DEFINE_float(
         "box_threshold",
-        image_files.DEFAULT_BOX_THRESHOLD,
+        DEFAULT_BOX_THRESHOLD,
         "--images: box threshold tau on the min-max normalized map (CAM's fixed 20%, Zhou et al. 2016).",
         lower_bound=0,
         upper_bound=0.999,
@@ -95,7 +100,6 @@ def define_evaluate_flags() -> None:
 
 def evaluate_scoremap_folder() -> dict:
     """Evaluator-only mode: score maps on disk against a metadata folder."""
-    from keras_wsol import evaluation
     from keras_wsol.data.metadata import load_masks, read_metadata
 
     # The folder of one split, or a root holding the --split folder.
@@ -128,7 +132,7 @@ def evaluate_scoremap_folder() -> dict:
 
 def localize_images(options: dict) -> None:
     """``--images``: top-5 classes, a box and an overlay per file, from --imagenet or a checkpoint."""
-    from keras_wsol import pretrained
+    from keras_wsol import image_files, localizers, pretrained
 
     missing = [path for path in FLAGS.images if not os.path.isfile(path)]
     if missing:
@@ -247,7 +251,7 @@ def compare_curves(model, split, out: str) -> None:
         )
 
 
-def export_checkpoint(model, localizer: localizers.Localizer, checkpoint: str, base: str) -> None:
+def export_checkpoint(model, localizer: Localizer, checkpoint: str, base: str) -> None:
     """``--export``: choose the box threshold on val (or take --export_threshold), write the SavedModel."""
     from keras_wsol import export
 
@@ -293,15 +297,22 @@ def export_checkpoint(model, localizer: localizers.Localizer, checkpoint: str, b
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from keras_wsol import reporting
-
     if FLAGS.scoremap_root or FLAGS.output_json:
         if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):
             raise app.UsageError("evaluator-only mode needs --scoremap_root, --metadata_root and --output_json")
+        folder = os.path.dirname(os.path.abspath(FLAGS.output_json))
+        try:  # before the evaluation, so a bad path cannot lose its result
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise app.UsageError(f"--output_json={FLAGS.output_json}: cannot create its folder ({error})") from None
+        if os.path.isdir(FLAGS.output_json):
+            raise app.UsageError(f"--output_json={FLAGS.output_json} is a folder: give a file name")
         result = evaluate_scoremap_folder()
         write_json(result, FLAGS.output_json)
-        print(reporting.format_table({"score maps": result}))
+        print(evaluation.format_table({"score maps": result}))
         return
+    from keras_wsol import localizers, reporting
+
     options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
     if FLAGS.images:
         if "all" in (FLAGS.localizer, FLAGS.layer):
@@ -334,7 +345,7 @@ def main(argv: list[str]) -> None:
         classes = getattr(model, "num_classes", None) or int(model.outputs[0].shape[-1])
         wsol_flags.check_data({FLAGS.split: split}, num_classes=classes)
         if "all" in (FLAGS.localizer, FLAGS.layer):
-            methods = list(localizers.LOCALIZERS) if FLAGS.localizer == "all" else [FLAGS.localizer]
+            methods = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
             layers = (
                 localizers.feature_layers(model)
                 if FLAGS.layer == "all"
@@ -344,7 +355,7 @@ def main(argv: list[str]) -> None:
             results = reporting.sweep_localizers(model, split, methods, layers, protocol, **options)
             os.makedirs(out, exist_ok=True)
             write_json(results, os.path.join(out, "localizers.json"))
-            print(reporting.format_table(results))
+            print(evaluation.format_table(results))
             print(f"\nmetrics: {out}/localizers.json")
             return
         localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
@@ -353,7 +364,7 @@ def main(argv: list[str]) -> None:
     suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
     out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
     results = reporting.evaluate_split(model, split, out, protocol, localizer=localizer)
-    print(reporting.format_table(results))
+    print(evaluation.format_table(results))
     if FLAGS.compare_workdirs:
         compare_curves(model, split, out)
     print(f"\nmetrics and pictures: {out}")
@@ -362,7 +373,8 @@ def main(argv: list[str]) -> None:
 def run(argv: list[str] | None = None) -> None:
     """The evaluate command: define the flags, parse ``argv``, run the mode they ask for."""
     define_evaluate_flags()
-    app.run(main, argv=argv)
+    wsol_flags.show_in_help(__name__, wsol_flags.__name__)
+    app.run(main, argv=argv, flags_parser=wsol_flags.parse_flags)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,12 @@ Example:
     True
 """
 
+import copy
 import functools
 import os
+import sys
 
 from absl import app, flags
-
-from keras_wsol.backbones import BACKBONES
-from keras_wsol.distribute import STRATEGIES
-from keras_wsol.methods.hyperparameters import flag_name
-from keras_wsol.methods.registry import METHODS
 
 DATASETS = ("synthetic", "cub", "folder", "imagenet")
 FLAGS = flags.FLAGS
@@ -27,6 +24,64 @@ FLAGS = flags.FLAGS
 #: The flags that say which data a run uses: ``evaluate`` replays them from a workdir's flags.txt. Filled by
 #: :func:`define_data_flags` with every flag it defines before the loader and protocol flags, so none is forgotten.
 DATA_FLAGS: list[str] = []
+
+
+def show_in_help(*modules: str) -> None:
+    """List the flags ``modules`` define under ``--help``, which absl limits to the main script's own flags."""
+    for module in modules:
+        for flag in FLAGS.get_flags_for_module(module):
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, after checking each ``--flagfile`` line so that an error names the file and line.
+
+    absl reads flag files itself but reports an unknown flag or a bad value
+    without saying where it came from. Used as ``app.run``'s ``flags_parser``.
+    """
+    try:
+        for i, argument in enumerate(argv[1:], 1):
+            if argument.startswith("--flagfile="):
+                _check_flagfile(argument.split("=", 1)[1], ())
+            elif argument == "--flagfile" and i + 1 < len(argv):
+                _check_flagfile(argv[i + 1], ())
+    except flags.Error as error:
+        sys.stderr.write(f"FATAL Flags parsing error: {error}\nPass --help to see the flags.\n")
+        sys.exit(1)
+    return app.parse_flags_with_usage(argv)
+
+
+def _check_flagfile(path: str, including: tuple[str, ...]) -> None:
+    """Raise :class:`flags.Error` naming ``path:line`` for the first line absl would refuse."""
+    if path in including:
+        raise flags.Error(f"--flagfile={path} includes itself (through {' -> '.join(including)})")
+    try:
+        with open(path) as file:
+            lines = file.read().splitlines()
+    except OSError as error:
+        raise flags.Error(f"--flagfile={path}: cannot read it ({error.strerror})") from None
+    for number, line in enumerate(lines, 1):
+        text, where = line.strip(), f"{path}:{number}"
+        if not text or text.startswith(("#", "//")):
+            continue
+        if not text.startswith("-"):
+            raise flags.Error(f"{where}: {text!r} is not a flag (one --name=value per line)")
+        name, has_value, value = text.lstrip("-").partition("=")
+        if name == "flagfile":
+            _check_flagfile(value, (*including, path))
+            continue
+        boolean = name.startswith("no") and name[2:] in FLAGS and FLAGS[name[2:]].boolean and not has_value
+        if name not in FLAGS and not boolean:
+            from absl.flags import _helpers
+
+            close = _helpers.get_flag_suggestions(name, list(FLAGS))
+            hint = f" (did you mean --{' or --'.join(close)}?)" if close else ""
+            raise flags.Error(f"{where}: unknown flag --{name}{hint}")
+        if has_value:
+            try:
+                copy.deepcopy(FLAGS[name]).parse(value)  # a copy: the real flag is set by absl's own pass
+            except (flags.Error, ValueError) as error:
+                raise flags.Error(f"{where}: {error}") from None
 
 
 def define_data_flags() -> None:
@@ -185,6 +240,9 @@ def define_model_flags() -> None:
     """Method and backbone flags; each registered method's hyper-parameters as ``--<method>_<name>``."""
     if "method" in FLAGS:
         return
+    from keras_wsol.backbones import BACKBONES
+    from keras_wsol.methods.registry import METHODS
+
     flags.DEFINE_enum("method", "cam", sorted(METHODS), "WSOL method.")
     flags.DEFINE_enum("backbone", "small", BACKBONES, "Backbone.")
     flags.DEFINE_string(
@@ -216,6 +274,8 @@ def define_model_flags() -> None:
 
 def define_hyperparameter_flags(method_name: str, method) -> None:
     """``--<method_name>_<name>`` for each of ``method``'s hyper-parameters, and their aliases."""
+    from keras_wsol.methods.hyperparameters import flag_name
+
     for parameter in method.hyperparameters:
         flag = flag_name(method_name, parameter)
         if flag is None or flag in FLAGS:
@@ -281,6 +341,9 @@ def method_arguments(method_name: str) -> dict:
     default. Another method's flag given with a value other than its default
     is an error naming it.
     """
+    from keras_wsol.methods.hyperparameters import flag_name
+    from keras_wsol.methods.registry import METHODS
+
     strays = [
         f"--{flag_name(other, p)}"
         for other, cls in METHODS.items()
@@ -306,6 +369,8 @@ def method_arguments(method_name: str) -> dict:
 
 def dataset_statistics(method_name: str) -> dict[str, str]:
     """``{argument: statistic}``: the hyper-parameters of ``method_name`` the CLI fills from the training data."""
+    from keras_wsol.methods.registry import METHODS
+
     return {p.name: p.statistic for p in METHODS[method_name].hyperparameters if p.statistic}
 
 
@@ -318,6 +383,8 @@ def protocol():
 
 def define_train_flags() -> None:
     """Everything train.py needs."""
+    from keras_wsol.distribute import STRATEGIES
+
     define_data_flags()
     define_model_flags()
     flags.DEFINE_string("workdir", "runs/default", "Output folder: checkpoints, logs, flags, evaluation.")

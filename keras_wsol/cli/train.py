@@ -407,13 +407,13 @@ def evaluate_test(test, identity: dict[str, str]) -> None:
     """The final evaluation: the run's best checkpoint on the test split; the run is then ``evaluated``."""
     import keras
 
-    from keras_wsol import reporting
+    from keras_wsol import evaluation, reporting
 
     best = keras.models.load_model(os.path.join(FLAGS.workdir, "checkpoints", "best.keras"))
     out = os.path.join(FLAGS.workdir, "eval_test")
     results = reporting.evaluate_split(best, test, out, wsol_flags.protocol())
     print(f"\nTest split ({len(test)} images), {FLAGS.method} / {FLAGS.backbone}:")
-    print(reporting.format_table(results))
+    print(evaluation.format_table(results))
     print(f"\nmetrics and pictures: {out}")
     mark_run(FLAGS.workdir, identity, "evaluated")
 
@@ -421,7 +421,8 @@ def evaluate_test(test, identity: dict[str, str]) -> None:
 def run(argv: list[str] | None = None) -> None:
     """The train command: define the flags (every registered method's included), parse ``argv``, train."""
     wsol_flags.define_train_flags()
-    app.run(main, argv=argv)
+    wsol_flags.show_in_help(__name__, wsol_flags.__name__)
+    app.run(main, argv=argv, flags_parser=wsol_flags.parse_flags)
 
 
 if __name__ == "__main__":
