@@ -1,20 +1,47 @@
 """Fast box evaluator vs the straightforward per-tau loop, on the same maps, in one run.
 
-    python benchmarks/evaluator_speed.py [--maps 32] [--interval 0.001]
+    python benchmarks/evaluator_speed.py [--maps 32] [--interval 0.001] [--process_maps 300]
 
 The straightforward loop (keras_wsol.protocol_reference) thresholds, traces
 contours and computes IoUs once per tau and per box mode, as the reference
 code does; the fast evaluator computes both modes from one contour pass per
 distinct uint8 threshold. Prints per-map times, the ratio and whether every
 count agrees.
+
+The whole-process row writes ``--process_maps`` maps and a metadata folder to
+a temporary folder, then times two commands side by side: ``evaluate.py`` in
+evaluator-only mode, and the per-tau loop as a process of its own that reads
+the same files (imports, reading and all). The loop's counts are compared
+with the fast evaluator's, and the command's metrics with that evaluator's
+result.
 """
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
 from keras_wsol import evaluation, protocol_reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The per-tau loop as its own process: read the metadata and the maps, count, save the counts.
+REFERENCE_PROCESS = """
+import sys, numpy as np
+from keras_wsol import evaluation, protocol_reference
+from keras_wsol.data.metadata import read_metadata
+meta_root, map_root, interval, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+meta = read_metadata(meta_root)
+maps = [np.load(f"{map_root}/{i}.npy") for i in meta.image_ids]
+boxes = [np.array([evaluation.resize_box(b, meta.sizes[i], 224) for b in meta.boxes[i]]) for i in meta.image_ids]
+counts = protocol_reference.box_counts(maps, boxes, interval)
+np.savez(out, **{f"{mode}_{t}": np.asarray(c) for mode in counts for t, c in counts[mode].items()})
+"""
 
 
 def cam_like_maps(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -37,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--maps", type=int, default=32)
     parser.add_argument("--interval", type=float, default=0.001)
+    parser.add_argument("--process_maps", type=int, default=300, help="whole-process row's maps; 0 skips it")
     args = parser.parse_args()
     maps, boxes = cam_like_maps(args.maps)
     start = time.perf_counter()
@@ -51,6 +79,56 @@ def main() -> None:
     print(f"maps={len(maps)} interval={args.interval} taus={n}")
     print(f"straightforward per-tau: {slow * 1e3:8.2f} ms/map")
     print(f"keras_wsol BoxEvaluator: {fast * 1e3:8.2f} ms/map")
+    print(f"speed-up: {slow / fast:.1f}x   counts agree: {agree}")
+    if args.process_maps:
+        whole_process(args.process_maps, args.interval)
+
+
+def timed(command: list[str]) -> float:
+    """Wall seconds of ``command`` run from the repository root; a failure stops the benchmark."""
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def whole_process(count: int, interval: float) -> None:
+    """Evaluator-only mode against the per-tau loop, each as its own process, on the same files."""
+    maps, boxes = cam_like_maps(count, seed=1)
+    with tempfile.TemporaryDirectory() as folder:
+        meta, map_root = os.path.join(folder, "metadata"), os.path.join(folder, "maps")
+        os.makedirs(meta)
+        os.makedirs(map_root)
+        ids = [f"m{i:04d}" for i in range(count)]
+        with open(os.path.join(meta, "image_ids.txt"), "w") as f:
+            f.writelines(f"{i}\n" for i in ids)
+        with open(os.path.join(meta, "class_labels.txt"), "w") as f:
+            f.writelines(f"{i},0\n" for i in ids)
+        with open(os.path.join(meta, "image_sizes.txt"), "w") as f:
+            f.writelines(f"{i},224,224\n" for i in ids)
+        with open(os.path.join(meta, "localization.txt"), "w") as f:
+            f.writelines(f"{i},{','.join(str(int(v)) for v in b[0])}\n" for i, b in zip(ids, boxes))
+        for i, scoremap in zip(ids, maps):
+            np.save(os.path.join(map_root, i + ".npy"), scoremap)
+        output, counts = os.path.join(folder, "metrics.json"), os.path.join(folder, "counts.npz")
+        fast = timed(
+            [sys.executable, "evaluate.py", f"--scoremap_root={map_root}", f"--metadata_root={meta}",
+             f"--cam_curve_interval={interval}", f"--output_json={output}"]
+        )  # fmt: skip
+        slow = timed([sys.executable, "-c", REFERENCE_PROCESS, meta, map_root, str(interval), counts])
+        in_process = evaluation.BoxEvaluator(interval)
+        in_process.update(np.stack(maps), boxes)
+        n = len(in_process.taus)
+        with np.load(counts) as reference:
+            agree = all(
+                np.array_equal(in_process.correct[mode][t][:n], reference[f"{mode}_{t}"])
+                for mode in in_process.correct
+                for t in in_process.correct[mode]
+            )
+        with open(output) as f:
+            agree = agree and json.load(f) == json.loads(json.dumps(in_process.result()))
+    print(f"whole process, {count} maps at interval {interval}:")
+    print(f"per-tau loop process:         {slow:8.2f} s")
+    print(f"evaluate.py evaluator-only:   {fast:8.2f} s")
     print(f"speed-up: {slow / fast:.1f}x   counts agree: {agree}")
 
 
