@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -112,15 +113,20 @@ def score(
     keep: int = 0,
     served: bool = False,
     masks: bool = True,
+    progress: str = "",
 ) -> tuple[dict[str, SplitEvaluation], np.ndarray]:
     """The one scoring loop: ``localizer``'s maps (and ``baselines``' trivial maps) through the evaluators.
 
     Returns ``({"model": run, **baselines}, the first ``keep`` maps)``; see
-    :func:`model_scoremaps` for ``served``.
+    :func:`model_scoremaps` for ``served``. With a ``progress`` title and a
+    terminal on standard output, a progress bar counts the images.
     """
     runs = {name: SplitEvaluation(split, protocol, masks) for name in ("model", *baselines)}
     kept = []
+    bar = progress_bar(progress, len(split))
     for maps, logits in model_scoremaps(localizer, split, protocol.resize_length, batch_size, served):
+        if bar is not None:
+            bar.add(len(maps))
         runs["model"].update(maps, logits)
         for name in baselines:
             runs[name].update(baseline_maps(name, len(maps), protocol.resize_length), logits)
@@ -128,6 +134,21 @@ def score(
             kept.append(maps)
     r = protocol.resize_length
     return runs, (np.concatenate(kept)[:keep] if kept else np.zeros((0, r, r), np.float32))
+
+
+def progress_bar(title: str, images: int):
+    """A Keras progress bar over ``images`` under ``title`` when standard output is a terminal, else None.
+
+    Example:
+        >>> progress_bar("test split", 10) is None  # not a terminal here
+        True
+    """
+    if not (title and sys.stdout.isatty()):
+        return None
+    import keras
+
+    print(title)
+    return keras.utils.Progbar(images, unit_name="image")
 
 
 def evaluate_split(
@@ -138,14 +159,16 @@ def evaluate_split(
     batch_size: int = 64,
     num_pictures: int = 8,
     localizer=None,
+    progress: str = "",
 ) -> dict[str, dict]:
     """The model and both trivial baselines on ``split``: ``{"model": ..., "full_image": ..., ...}``.
 
     The model's maps come from ``localizer`` (default: CAM at the classifier
     layer). With ``output_dir``, writes ``metrics.json`` and the pictures there.
+    ``progress``: a title for a progress bar on a terminal (:func:`score`).
     """
     localizer = localizer or localizers.get_localizer(model, "cam")
-    runs, kept = score(localizer, split, protocol, batch_size, baselines=BASELINES, keep=64)
+    runs, kept = score(localizer, split, protocol, batch_size, baselines=BASELINES, keep=64, progress=progress)
     results = {name: run.result() for name, run in runs.items()}
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
@@ -163,12 +186,14 @@ def sweep_localizers(
     layers: list[str],
     protocol: Protocol = Protocol(),
     batch_size: int = 64,
+    progress: bool = False,
     **options,
 ) -> dict[str, dict]:
     """Every localizer at every layer on ``split``: ``{"bagcams@low": {...}, ...}`` (Tables 4-6 of BagCAMs).
 
     CAM exists only at a WSOLModel's classifier layer (``cam``, or ``high``
     when there is no extra head); other layers are left out for it.
+    ``progress``: a progress bar per localizer on a terminal.
     """
     results = {}
     for layer in layers:
@@ -176,7 +201,9 @@ def sweep_localizers(
             if method == "cam" and layer not in ("cam", localizers.classifier_layer(model)):
                 continue
             localizer = localizers.get_localizer(model, method, layer, **options)
-            results[f"{method}@{layer}"] = score(localizer, split, protocol, batch_size)[0]["model"].result()
+            name = f"{method}@{layer}"
+            title = f"{name} ({len(results) + 1} of {len(methods) * len(layers)} at most)" if progress else ""
+            results[name] = score(localizer, split, protocol, batch_size, progress=title)[0]["model"].result()
     return results
 
 

@@ -70,3 +70,33 @@ def test_train_selects_by_validation_localization_by_default(tmp_path):
     values = [float(r["val_localization"]) for r in rows]
     kept = json.load(open(tmp_path / "checkpoints" / "best.keras.json"))
     assert kept["epoch"] == int(np.argmax(values)) + 1 and kept["val_localization"] == max(values)
+
+
+class Terminal:
+    """Standard output as a terminal: what it was written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_evaluation_shows_a_progress_bar_on_a_terminal_only(monkeypatch, capsys):
+    keras.utils.set_random_seed(0)
+    model = CAM(num_classes=3, backbone="small", image_size=32)
+    split = synthetic.generate("val", num_classes=3, images_per_class=4, image_size=32).as_split(3)
+    protocol = Protocol(0.01, 64, 0.2)
+    quiet = reporting.evaluate_split(model, split, protocol=protocol, progress="val split")
+    assert capsys.readouterr().out == ""  # not a terminal: nothing before the table
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    shown = reporting.evaluate_split(model, split, protocol=protocol, progress="val split", batch_size=4)
+    assert terminal.text.startswith("val split\n") and "12/12" in terminal.text and "image" in terminal.text
+    assert shown == quiet

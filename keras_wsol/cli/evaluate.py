@@ -352,7 +352,7 @@ def main(argv: list[str]) -> None:
                 else [FLAGS.layer or localizers.classifier_layer(model)]
             )
             out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers")
-            results = reporting.sweep_localizers(model, split, methods, layers, protocol, **options)
+            results = reporting.sweep_localizers(model, split, methods, layers, protocol, progress=True, **options)
             os.makedirs(out, exist_ok=True)
             write_json(results, os.path.join(out, "localizers.json"))
             print(evaluation.format_table(results))
@@ -363,7 +363,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
     suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
     out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
-    results = reporting.evaluate_split(model, split, out, protocol, localizer=localizer)
+    results = reporting.evaluate_split(
+        model, split, out, protocol, localizer=localizer, progress=f"{FLAGS.split} split, {localizer.name}@{localizer.layer}"
+    )
     print(evaluation.format_table(results))
     if FLAGS.compare_workdirs:
         compare_curves(model, split, out)

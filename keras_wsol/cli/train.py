@@ -411,7 +411,7 @@ def evaluate_test(test, identity: dict[str, str]) -> None:
 
     best = keras.models.load_model(os.path.join(FLAGS.workdir, "checkpoints", "best.keras"))
     out = os.path.join(FLAGS.workdir, "eval_test")
-    results = reporting.evaluate_split(best, test, out, wsol_flags.protocol())
+    results = reporting.evaluate_split(best, test, out, wsol_flags.protocol(), progress="Test split")
     print(f"\nTest split ({len(test)} images), {FLAGS.method} / {FLAGS.backbone}:")
     print(evaluation.format_table(results))
     print(f"\nmetrics and pictures: {out}")
