@@ -1,6 +1,7 @@
 """The documentation the code generates is current; the package's commands work installed."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -57,3 +58,15 @@ def test_the_code_is_formatted_and_lint_free():
             [sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
         )
         assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout[-3000:]}{result.stderr[-1000:]}"
+
+
+def test_the_readme_python_examples_run_in_a_fresh_process(tmp_path):
+    text = open(README, encoding="utf-8").read()
+    start = text.index("Every method is a `WSOLModel`")
+    blocks = re.findall(r"```python\n(.*?)```", text[start : text.index("## Backbones", start)], re.S)
+    assert len(blocks) == 2  # the method example (with save and load), then the localizers'
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "cam.keras")
