@@ -268,12 +268,24 @@ class Localizer:
                 f"{type(model).__name__} maps are class-agnostic (its own, e.g. ORNet's p^a): use the cam "
                 f"localizer; {self.name} needs a class map at a feature layer"
             )
+        outputs = getattr(model, "outputs", None) or []  # known for functional models; checked again when traced
+        if len(outputs) > 1:
+            raise ValueError(
+                f"{model.name} has {len(outputs)} outputs; a localizer needs one [batch, classes] output: "
+                f"pass keras.Model(model.inputs, <the class scores output>)"
+            )
         self.model = model
         self.layer = layer or default_layer(model)
         self.score = score
         self.guided = self.guided_default if guided is None else bool(guided)
         self._is_tap = isinstance(model, WSOLModel) and self.layer in (*TAPS, "cam")
         self._target = None if self._is_tap else _find_layer(model, self.layer)
+        self.num_classes = getattr(model, "num_classes", None) or (outputs[0].shape[-1] if outputs else None)
+        if self._target is not None and _output_rank(self._target) not in (0, 4):
+            raise ValueError(
+                f"layer {self.layer!r} outputs shape {tuple(self._target.output.shape)}: a localizer needs a 4-D "
+                f"[batch, h, w, channels] feature map (e.g. {default_layer(model)!r})"
+            )
         # A partial (no __code__) so TensorFlow keys its retracing warning to
         # this localizer, not to the method shared by all of them.
         self._raw = tf.function(functools.partial(type(self)._raw_maps, self), reduce_retracing=True)
@@ -288,9 +300,21 @@ class Localizer:
             logits, taps = self.model.logits_and_features(images, training=False)
             return logits, taps[self.layer]
         logits = self.model(images, training=False)
+        if not tf.is_tensor(logits) and not isinstance(logits, keras.KerasTensor) and not hasattr(logits, "shape"):
+            raise ValueError(
+                f"{self.model.name} returns a {type(logits).__name__}; a localizer needs one [batch, classes] "
+                "output: wrap it, e.g. keras.Model(model.inputs, model.outputs[0]) or a model returning the logits"
+            )
+        if len(logits.shape) != 2:
+            raise ValueError(f"{self.model.name} outputs shape {tuple(logits.shape)}; a localizer needs [batch, classes]")
         if len(hooks.captured) != 1:
             raise ValueError(
                 f"layer {self.layer!r} ran {len(hooks.captured)} times in one forward pass; need exactly once"
+            )
+        if len(hooks.captured[0].shape) != 4:
+            raise ValueError(
+                f"layer {self.layer!r} outputs shape {tuple(hooks.captured[0].shape)}: a localizer needs a 4-D "
+                "[batch, h, w, channels] feature map"
             )
         return logits, hooks.captured[0]
 
@@ -306,11 +330,17 @@ class Localizer:
         return s, (1.0 / ops.maximum(s, LOG_EPS) if self.log_score else None)
 
     def _raw_maps(self, images, class_ids):
-        """Class ids below 0 mean "the predicted class" (one traced signature for both)."""
+        """Class id -1 means "the predicted class" (one traced signature for both)."""
         images = ops.cast(images, "float32")
         hooks = _Hooks(self.model, capture=self._target, guided=self.guided)
         with hooks, tf.GradientTape() as tape:
             logits, features = self._forward(images, hooks)
+            classes = tf.shape(logits)[-1]
+            tf.debugging.assert_equal(
+                tf.shape(class_ids)[0], tf.shape(logits)[0], message="class_ids: one id per image"
+            )
+            tf.debugging.assert_less(class_ids, classes, message="class_ids: beyond the model's classes")
+            tf.debugging.assert_greater_equal(class_ids, -1, message="class_ids: below -1 (-1: the predicted class)")
             class_ids = predicted_where_negative(class_ids, logits)
             score, log_factor = self._target_score(logits, class_ids)
         # Images are independent in inference mode, so the gradient of the
@@ -321,11 +351,30 @@ class Localizer:
         return self.weigh(ops.cast(features, "float32"), grads), logits
 
     def raw_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(maps [B, h, w] at feature resolution, logits [B, K])``; one compiled tape pass."""
+        """``(maps [B, h, w] at feature resolution, logits [B, K])``; one compiled tape pass.
+
+        ``class_ids``: one integer per image in ``[0, K)``, or -1 for the
+        predicted class; one integer for every image; None: predicted.
+        """
         images = tf.convert_to_tensor(images)
         if class_ids is None:
-            class_ids = -tf.ones(tf.shape(images)[:1], tf.int32)
-        return self._raw(images, tf.convert_to_tensor(class_ids, tf.int32))
+            class_ids = -1
+        if not tf.is_tensor(class_ids):
+            ids = np.asarray(class_ids)
+            if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))):
+                raise ValueError(f"class_ids must be integers, got {ids.dtype} values")
+            if ids.ndim > 1 or (ids.ndim == 1 and images.shape[0] is not None and len(ids) != images.shape[0]):
+                raise ValueError(f"class_ids has shape {ids.shape}; one id per image: ({images.shape[0]},)")
+            wrong = ids[(ids < -1) | (ids >= (self.num_classes or np.inf))]
+            if wrong.size:
+                raise ValueError(
+                    f"class_ids {sorted(set(wrong.tolist()))[:5]} outside [0, {self.num_classes}) "
+                    f"(-1: the predicted class); {self.model.name} has {self.num_classes} classes"
+                )
+            class_ids = tf.fill(tf.shape(images)[:1], int(ids)) if ids.ndim == 0 else ids
+        elif not (class_ids.dtype.is_integer or class_ids.dtype.is_floating):
+            raise ValueError(f"class_ids must be integers, got {class_ids.dtype.name}")
+        return self._raw(images, tf.cast(class_ids, tf.int32))
 
     def __call__(self, images, class_ids=None) -> tf.Tensor:
         return upsample_normalized(self.raw_maps(images, class_ids)[0], ops.shape(images)[1:3])
@@ -453,8 +502,10 @@ def compute_scoremaps(
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be [batch, height, width, channels], got shape {images.shape}")
+    if np.ndim(class_ids) == 1 and len(class_ids) != len(images):
+        raise ValueError(f"{len(class_ids)} class_ids for {len(images)} images; one id per image, or one for all")
     out = []
     for start in range(0, len(images), batch_size):
-        ids = None if class_ids is None else np.asarray(class_ids)[start : start + batch_size]
+        ids = class_ids if np.ndim(class_ids) == 0 else np.asarray(class_ids)[start : start + batch_size]
         out.append(np.asarray(localizer(images[start : start + batch_size], ids)))
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)

@@ -227,3 +227,72 @@ def test_the_names_evaluate_offers_without_tensorflow_are_the_localizers():
     from keras_wsol import choices
 
     assert choices.LOCALIZER_NAMES == tuple(localizers.LOCALIZERS)
+
+
+def small_functional_model():
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    flat = keras.layers.Flatten(name="flat")(features)
+    return inputs, features, pooled, flat, keras.layers.Dense(3, name="head")(pooled)
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("class beyond", r"class_ids \[5\] outside \[0, 3\)"),
+        ("class below -1", r"class_ids \[-2\] outside \[0, 3\)"),
+        ("too many ids", "3 class_ids for 2 images"),
+        ("float ids", "class_ids must be integers"),
+        ("2-D ids", r"class_ids has shape \(2, 1\)"),
+        ("two outputs", "has 2 outputs; a localizer needs one"),
+        ("dict output", "has 2 outputs; a localizer needs one"),
+        ("subclassed dict output", "returns a dict; a localizer needs one"),
+        ("flat layer", r"layer 'flat' outputs shape \(None, 3600\): a localizer needs a 4-D"),
+    ],
+)
+def test_localizers_refuse_bad_class_ids_outputs_and_layers_clearly(case, message):
+    inputs, features, pooled, flat, logits = small_functional_model()
+    model, layer, ids = keras.Model(inputs, logits), "conv", None
+    if case == "class beyond":
+        ids = [5, 0]
+    elif case == "class below -1":
+        ids = [-2, 0]
+    elif case == "too many ids":
+        ids = [0, 1, 2]
+    elif case == "float ids":
+        ids = [0.5, 1.0]
+    elif case == "2-D ids":
+        ids = [[0], [1]]
+    elif case == "two outputs":
+        model = keras.Model(inputs, [logits, pooled])
+    elif case == "dict output":
+        model = keras.Model(inputs, {"logits": logits, "pooled": pooled})
+    elif case == "subclassed dict output":
+
+        class TwoHeads(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.head = keras.layers.Conv2D(4, 3, name="conv"), keras.layers.Dense(3)
+
+            def call(self, x):
+                return {"logits": self.head(keras.ops.mean(self.conv(x), axis=(1, 2)))}
+
+        model = TwoHeads()
+        model(np.zeros((1, 32, 32, 3), "float32"))
+    elif case == "flat layer":
+        model, layer = keras.Model(inputs, keras.layers.Dense(3)(flat)), "flat"
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    with pytest.raises(ValueError, match=message):
+        localizers.compute_scoremaps(model, images, "gradcam", layer=layer, class_ids=ids)
+
+
+def test_one_class_id_for_every_image_and_minus_one_for_the_predicted_class():
+    inputs, _, _, _, logits = small_functional_model()
+    model = keras.Model(inputs, logits)
+    images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    predicted = np.asarray(model(images)).argmax(-1)
+    one = localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=2)
+    np.testing.assert_allclose(one, localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=[2] * 3))
+    minus = localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=[-1, -1, -1])
+    np.testing.assert_allclose(minus, localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=predicted))
