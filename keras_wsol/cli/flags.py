@@ -15,7 +15,7 @@ import functools
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 DATASETS = ("synthetic", "cub", "folder", "imagenet")
 FLAGS = flags.FLAGS
@@ -136,7 +136,8 @@ def define_data_flags() -> None:
         "mask_metadata_root",
         None,
         "folder: optional second metadata root whose split folders list "
-        "masks for a box dataset's images (e.g. CUB segmentations), for PxAP.",
+        "masks for a box dataset's images (e.g. CUB segmentations), for PxAP; a split without a folder there "
+        "(often train and val) is scored on its boxes alone.",
     )
     DATA_FLAGS.extend(sorted(set(FLAGS) - before))
     flags.DEFINE_string(
@@ -160,7 +161,14 @@ def _metadata_split(split: str, localization: bool = True):
     from keras_wsol.data import metadata, splits
 
     _need("data_root", "metadata_root")
-    mask_split = os.path.join(FLAGS.mask_metadata_root, split) if FLAGS.mask_metadata_root else None
+    mask_split = None
+    if FLAGS.mask_metadata_root:
+        if not os.path.isdir(FLAGS.mask_metadata_root):
+            raise app.UsageError(f"--mask_metadata_root={FLAGS.mask_metadata_root}: no such folder")
+        mask_split = os.path.join(FLAGS.mask_metadata_root, split)
+        if not os.path.isdir(mask_split):  # masks often exist for the test split only
+            logging.info("--mask_metadata_root has no %s folder: the %s split is scored on boxes alone", split, split)
+            mask_split = None
     try:
         return splits.metadata_split(
             FLAGS.data_root,
