@@ -30,10 +30,13 @@ The export needs only TensorFlow to load: no import of keras_wsol.
 ``assets.extra/keras_wsol.json`` records the method, localizer, layer,
 threshold, side and where the weights came from.
 
-The version folder appears atomically: everything is written to a hidden
-``.incomplete-<version>-<pid>`` folder next to it, then renamed. An
-interrupted export leaves no version folder (TF Serving only loads numeric
-folders), and the next export removes the hidden folders of processes that
+The version folder appears atomically: the version is first claimed by
+creating a hidden ``.incomplete-<version>`` folder (an exclusive ``mkdir``,
+so two exports running at once never pick the same version: with a default
+version the second takes the next one, with an explicit one it fails at
+once), everything is written inside it, then renamed to the version folder.
+An interrupted export leaves no version folder (TF Serving only loads
+numeric folders), and the next export removes the claims of processes that
 no longer run.
 
 Example:
@@ -52,6 +55,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import keras
 import tensorflow as tf
@@ -63,7 +67,9 @@ from keras_wsol.maps import upsample_normalized
 
 SIGNATURES = ("serving_default", "localize_encoded")
 METADATA_FILE = os.path.join("assets.extra", "keras_wsol.json")
-_INCOMPLETE = re.compile(r"^\.incomplete-(\d+)-(\d+)$")
+_INCOMPLETE = re.compile(r"^\.incomplete-(\d+)$")
+_OWNER = "owner.pid"  # inside a claim: the exporting process
+_UNOWNED_GRACE_SECONDS = 60  # a claim whose owner file is not written yet is young
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -194,11 +200,52 @@ def _pid_running(pid: int) -> bool:
 
 
 def _remove_abandoned(model_dir: str) -> None:
-    """Delete hidden ``.incomplete-*`` folders whose writing process is gone."""
+    """Delete the hidden ``.incomplete-<version>`` claims whose exporting process is gone."""
     for name in os.listdir(model_dir):
-        match = _INCOMPLETE.match(name)
-        if match and not _pid_running(int(match.group(2))):
-            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+        if not _INCOMPLETE.match(name):
+            continue
+        claim = os.path.join(model_dir, name)
+        try:
+            with open(os.path.join(claim, _OWNER)) as f:
+                abandoned = not _pid_running(int(f.read().strip() or 0))
+        except (OSError, ValueError):
+            try:
+                abandoned = time.time() - os.path.getmtime(claim) > _UNOWNED_GRACE_SECONDS
+            except OSError:  # removed meanwhile
+                continue
+        if abandoned:
+            shutil.rmtree(claim, ignore_errors=True)
+
+
+def _claim_version(model_dir: str, version: int | None) -> tuple[str, int]:
+    """``(claim folder, version)``: ``version`` (or the next free one) claimed with an exclusive ``mkdir``.
+
+    Raises FileExistsError when an explicit ``version`` exists or another
+    process is exporting it; a default version moves on to the next one.
+    """
+    requested = version
+    version = version or next_version(model_dir)
+    while True:
+        final = os.path.join(model_dir, str(version))
+        claim = os.path.join(model_dir, f".incomplete-{version}")
+        taken = os.path.exists(final)
+        if not taken:
+            try:
+                os.mkdir(claim)
+            except FileExistsError:
+                taken = True
+            else:
+                with open(os.path.join(claim, _OWNER), "w") as f:
+                    f.write(str(os.getpid()))
+                if not os.path.exists(final):  # not finished by another process meanwhile
+                    return claim, version
+                shutil.rmtree(claim, ignore_errors=True)
+        if requested:
+            raise FileExistsError(
+                f"{final} exists already or is being exported; pick another version or leave it out for the next "
+                "free one"
+            )
+        version += 1
 
 
 def next_version(model_dir: str) -> int:
@@ -210,7 +257,9 @@ def next_version(model_dir: str) -> int:
     """
     if not os.path.isdir(model_dir):
         return 1
-    versions = [int(n) for n in os.listdir(model_dir) if n.isdigit() and os.path.isdir(os.path.join(model_dir, n))]
+    names = os.listdir(model_dir)
+    versions = [int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(model_dir, n))]
+    versions += [int(m.group(1)) for m in map(_INCOMPLETE.match, names) if m]  # claimed by running exports
     return max(versions, default=0) + 1
 
 
@@ -256,14 +305,19 @@ def export_model(
         raise NotADirectoryError(f"{model_dir} exists and is not a folder")
     os.makedirs(model_dir, exist_ok=True)
     _remove_abandoned(model_dir)
-    if version is None:
-        version = next_version(model_dir)
-    elif not (isinstance(version, int) and version > 0):
+    if version is not None and not (isinstance(version, int) and version > 0):
         raise ValueError(f"version must be a positive integer, got {version!r}")
+    claim, version = _claim_version(model_dir, version)
     final = os.path.join(model_dir, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists already; pick another version or leave it out for the next free one")
+    try:
+        _write_version(model, functions, localizer, classify_only, metadata, claim, final)
+    finally:
+        shutil.rmtree(claim, ignore_errors=True)
+    return final
 
+
+def _write_version(model, functions, localizer, classify_only: bool, metadata, claim: str, final: str) -> None:
+    """Trace the signatures, write the SavedModel inside ``claim``, rename it to ``final``."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -288,14 +342,9 @@ def export_model(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **(metadata or {}),
     }
-    temporary = os.path.join(model_dir, f".incomplete-{version}-{os.getpid()}")
-    try:
-        archive.write_out(temporary, verbose=False)
-        os.makedirs(os.path.join(temporary, "assets.extra"), exist_ok=True)
-        with open(os.path.join(temporary, METADATA_FILE), "w") as f:
-            json.dump(record, f, indent=2)
-        os.rename(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return final
+    temporary = os.path.join(claim, "savedmodel")
+    archive.write_out(temporary, verbose=False)
+    os.makedirs(os.path.join(temporary, "assets.extra"), exist_ok=True)
+    with open(os.path.join(temporary, METADATA_FILE), "w") as f:
+        json.dump(record, f, indent=2)
+    os.rename(temporary, final)

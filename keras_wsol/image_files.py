@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_wsol import visualize
-from keras_wsol.choices import DEFAULT_BOX_THRESHOLD
 from keras_wsol.data.pipeline import read_image
 from keras_wsol.evaluation import boxes_at_threshold
 from keras_wsol.localizers import Localizer

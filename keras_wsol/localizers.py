@@ -306,7 +306,9 @@ class Localizer:
                 "output: wrap it, e.g. keras.Model(model.inputs, model.outputs[0]) or a model returning the logits"
             )
         if len(logits.shape) != 2:
-            raise ValueError(f"{self.model.name} outputs shape {tuple(logits.shape)}; a localizer needs [batch, classes]")
+            raise ValueError(
+                f"{self.model.name} outputs shape {tuple(logits.shape)}; a localizer needs [batch, classes]"
+            )
         if len(hooks.captured) != 1:
             raise ValueError(
                 f"layer {self.layer!r} ran {len(hooks.captured)} times in one forward pass; need exactly once"

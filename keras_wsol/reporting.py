@@ -25,6 +25,8 @@ from keras_wsol.evaluation import Protocol
 from keras_wsol.maps import upsample_normalized
 
 BASELINES = ("full_image", "center_gaussian")
+
+
 def baseline_maps(kind: str, count: int, resize_length: int) -> np.ndarray:
     """Trivial score maps: ``full_image`` (ones, one corner pixel 0 so the
     constant-map rule does not blank it) or ``center_gaussian`` (sigma R/4)."""

@@ -212,12 +212,15 @@ def test_mixed_precision_model_exports_float32_outputs(policy, tmp_path):
 
 
 def test_versions_names_and_thresholds(tmp_path):
-    for name in ("1", "3", "notes", ".incomplete-9-1"):
+    for name in ("1", "3", "notes", ".hidden-9"):
         os.makedirs(tmp_path / "m" / name)
     assert export.next_version(str(tmp_path / "m")) == 4
+    os.makedirs(tmp_path / "m" / ".incomplete-7")  # claimed by an export still running
+    assert export.next_version(str(tmp_path / "m")) == 8
+    os.rmdir(tmp_path / "m" / ".incomplete-7")
     assert export.next_version(str(tmp_path / "none")) == 1
     model = CAM(num_classes=2, backbone="small", image_size=SIDE)
-    with pytest.raises(FileExistsError, match="m/3 exists"):
+    with pytest.raises(FileExistsError, match="m/3 exists already"):
         export.export_model(model, str(tmp_path), "m", 0.5, version=3)
     for name in ("", "../up", ".hidden", "a/b"):
         with pytest.raises(ValueError, match="model name"):
@@ -232,13 +235,14 @@ def test_versions_names_and_thresholds(tmp_path):
 def test_interrupted_export_leaves_no_version(tmp_path, monkeypatch):
     model = CAM(num_classes=2, backbone="small", image_size=SIDE)
 
-    def interrupted(module, path, **kwargs):  # dies halfway through writing
-        os.makedirs(os.path.join(path, "variables"))
-        open(os.path.join(path, "saved_model.pb"), "wb").write(b"partial")
+    def interrupted(*arguments):  # dies halfway through writing inside its claim
+        claim = arguments[-2]
+        os.makedirs(os.path.join(claim, "savedmodel", "variables"))
+        open(os.path.join(claim, "savedmodel", "saved_model.pb"), "wb").write(b"partial")
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(tf.saved_model, "save", interrupted)
+        patch.setattr(export, "_write_version", interrupted)
         with pytest.raises(KeyboardInterrupt):
             export.export_model(model, str(tmp_path), "m", 0.5)
     assert os.listdir(tmp_path / "m") == []
@@ -272,8 +276,22 @@ def test_killed_export_leaves_no_version_and_is_cleaned_up(tmp_path):
         env={**os.environ, "PYTHONPATH": repo},
     )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-    left = os.listdir(root / "m")
-    assert len(left) == 1 and left[0].startswith(".incomplete-1-")  # hidden: TF Serving loads numeric folders only
-    assert os.path.isfile(root / "m" / left[0] / "saved_model.pb")
+    assert os.listdir(root / "m") == [".incomplete-1"]  # hidden: TF Serving loads numeric folders only
+    assert os.path.isfile(root / "m" / ".incomplete-1" / "savedmodel" / "saved_model.pb")
     path = export.export_model(CAM(num_classes=2, backbone="small", image_size=SIDE), str(root), "m", 0.5)
     assert path == str(root / "m" / "1") and os.listdir(root / "m") == ["1"]
+
+
+def test_a_second_export_at_once_takes_the_next_version_or_fails_before_writing(tmp_path):
+    model = CAM(num_classes=2, backbone="small", image_size=SIDE)
+    claim = tmp_path / "m" / ".incomplete-1"  # another export, still running, has claimed version 1
+    os.makedirs(claim)
+    (claim / "owner.pid").write_text(str(os.getppid()))
+    with pytest.raises(FileExistsError, match="being exported"):
+        export.export_model(model, str(tmp_path), "m", 0.5, version=1)
+    assert sorted(os.listdir(tmp_path / "m")) == [".incomplete-1"]  # nothing written
+    assert export.export_model(model, str(tmp_path), "m", 0.5) == str(tmp_path / "m" / "2")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (claim / "owner.pid").write_text(finished.stdout.strip())  # its process has gone: the claim is abandoned
+    assert export.export_model(model, str(tmp_path), "m", 0.5) == str(tmp_path / "m" / "3")
+    assert sorted(os.listdir(tmp_path / "m")) == ["2", "3"]

@@ -293,6 +293,10 @@ def test_one_class_id_for_every_image_and_minus_one_for_the_predicted_class():
     images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     predicted = np.asarray(model(images)).argmax(-1)
     one = localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=2)
-    np.testing.assert_allclose(one, localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=[2] * 3))
+    np.testing.assert_allclose(
+        one, localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=[2] * 3)
+    )
     minus = localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=[-1, -1, -1])
-    np.testing.assert_allclose(minus, localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=predicted))
+    np.testing.assert_allclose(
+        minus, localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=predicted)
+    )

@@ -364,7 +364,12 @@ def main(argv: list[str]) -> None:
     suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
     out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
     results = reporting.evaluate_split(
-        model, split, out, protocol, localizer=localizer, progress=f"{FLAGS.split} split, {localizer.name}@{localizer.layer}"
+        model,
+        split,
+        out,
+        protocol,
+        localizer=localizer,
+        progress=f"{FLAGS.split} split, {localizer.name}@{localizer.layer}",
     )
     print(evaluation.format_table(results))
     if FLAGS.compare_workdirs:
