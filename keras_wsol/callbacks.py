@@ -89,10 +89,12 @@ class ValidationLocalization(keras.callbacks.Callback):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop at the first step whose loss is NaN or infinite, with an error naming the last good checkpoint.
+    """Stop at the first NaN or infinite loss, with an error saying which checkpoints are still good.
 
-    Put it first among the callbacks: it raises before any of them
-    (backups, checkpoints) can save the broken weights.
+    A training step's loss is checked after each step; at the epoch end every
+    logged value (``val_loss`` included) is checked before the checkpoints
+    and the backup save the epoch. Put it first among the callbacks: it
+    raises before any of them can save the broken weights.
     """
 
     def __init__(self, checkpoint_dir: str):
@@ -106,12 +108,21 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            self.model.stop_training = True
-            raise FloatingPointError(
-                f"epoch {self.epoch + 1}, step {batch + 1}: the training loss is {loss}; stopped. The checkpoints in "
-                f"{self.checkpoint_dir} and the resume backup are from the last good epoch (try a lower "
-                "--learning_rate)."
-            )
+            self._stop(f"epoch {self.epoch + 1}, step {batch + 1}: the training loss is {loss}")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        broken = [f"{k} is {v}" for k, v in (logs or {}).items() if isinstance(v, float) and not math.isfinite(v)]
+        if broken:
+            self._stop(f"epoch {epoch + 1}: {', '.join(broken)}")
+
+    def _stop(self, what: str) -> None:
+        self.model.stop_training = True
+        kept = (
+            f"The checkpoints in {self.checkpoint_dir} and the resume backup are from epoch {self.epoch} or before"
+            if self.epoch
+            else "No epoch finished, so there is no checkpoint"
+        )
+        raise FloatingPointError(f"{what}; stopped. {kept} (try a lower --learning_rate).")
 
 
 class CAMOverlayLogger(keras.callbacks.Callback):

@@ -79,7 +79,7 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_state(tmp_path):
         AtomicCheckpoint(last),
         poison,
     ]
-    with pytest.raises(FloatingPointError, match=r"epoch 2, step 1: the training loss is nan; stopped"):
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 1: the training loss is nan; stopped. .* from epoch 1"):
         model.fit(pipeline.training_dataset(data, 8, seed=0), epochs=3, callbacks=callbacks, verbose=0)
     saved = keras.models.load_model(last)
     assert all(np.isfinite(w).all() for w in saved.get_weights())
@@ -91,3 +91,23 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_state(tmp_path):
     restored.load_weights(str(tmp_path / "backup" / "latest.weights.h5"))
     for a, b in zip(restored.get_weights(), saved.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_nan_validation_loss_stops_before_the_epoch_is_saved(tmp_path):
+    keras.utils.set_random_seed(0)
+    data = synthetic.generate("train", num_classes=2, images_per_class=8, image_size=32).as_split()
+    model = CAM(num_classes=2, backbone="small", image_size=32)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    last = str(tmp_path / "last.keras")
+    kernel = model.classifier.kernel
+    # Training steps are finite; the weights go bad just before the validation pass of epoch 1.
+    poison = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+        if batch == 1
+        else None
+    )
+    callbacks = [StopOnNonFiniteLoss(str(tmp_path)), AtomicCheckpoint(last), poison]
+    dataset = pipeline.training_dataset(data, 8, seed=0)
+    with pytest.raises(FloatingPointError, match=r"epoch 1: val_loss is nan; stopped. No epoch finished"):
+        model.fit(dataset, validation_data=dataset.take(1), epochs=2, callbacks=callbacks, verbose=0)
+    assert not os.path.exists(last)
