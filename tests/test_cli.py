@@ -83,6 +83,16 @@ def test_evaluate_workdir_reuses_the_run_flags(workdir, tmp_path):
     assert json.load(open(tmp_path / "metrics.json"))["model"]["num_images"] == 12
 
 
+def test_evaluate_checkpoint_takes_its_workdirs_data_or_needs_data_flags(workdir, tmp_path):
+    result = run("evaluate.py", f"--checkpoint={workdir}/checkpoints/last.keras", f"--output_dir={tmp_path}/e")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.load(open(tmp_path / "e" / "metrics.json"))["model"]["num_images"] == 12  # the run's 3 x 4 images
+    shutil.copy(f"{workdir}/checkpoints/last.keras", tmp_path / "loose.keras")
+    result = run("evaluate.py", f"--checkpoint={tmp_path}/loose.keras", f"--output_dir={tmp_path}/f")
+    assert result.returncode != 0 and "is not in a train.py workdir: give the data" in result.stderr
+    assert not os.path.exists(tmp_path / "f")
+
+
 def test_evaluator_only_mode_boxes_and_masks(tmp_path):
     split = synthetic.generate("test", num_classes=2, images_per_class=3, image_size=40)
     synthetic.write_metadata_folder(split, str(tmp_path), "test")

@@ -179,8 +179,18 @@ def load_model(checkpoint: str):
 
 
 def best_checkpoint(workdir: str) -> str:
-    """The checkpoint train.py keeps as a workdir's best (lowest val_loss)."""
+    """The checkpoint train.py keeps as a workdir's best (by --select_checkpoint)."""
     return os.path.join(workdir, "checkpoints", "best.keras")
+
+
+def checkpoint_workdir(checkpoint: str | None) -> str | None:
+    """The train.py workdir holding ``checkpoint`` (``WORKDIR/checkpoints/x.keras`` with WORKDIR/flags.txt), or None."""
+    if not checkpoint:
+        return None
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    workdir = os.path.dirname(folder)
+    is_run = os.path.basename(folder) == "checkpoints" and os.path.isfile(os.path.join(workdir, "flags.txt"))
+    return workdir if is_run else None
 
 
 def run_data_flags(workdir: str) -> dict[str, str]:
@@ -323,11 +333,17 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             "pass --workdir (or --checkpoint), --images, or --scoremap_root/--metadata_root/--output_json"
         )
-    if FLAGS.workdir:
+    data_from = FLAGS.workdir or checkpoint_workdir(FLAGS.checkpoint)
+    if data_from:
         # The dataset flags of the training run, unless given on this command line.
-        for name, value in run_data_flags(FLAGS.workdir).items():
+        for name, value in run_data_flags(data_from).items():
             if not FLAGS[name].present:
                 FLAGS[name].parse(value)
+    elif not any(FLAGS[name].present for name in wsol_flags.DATA_FLAGS):
+        raise app.UsageError(
+            f"--checkpoint={FLAGS.checkpoint} is not in a train.py workdir: give the data it is to be scored on "
+            "(--dataset and its flags, e.g. --dataset=synthetic --image_size=96), or --workdir"
+        )
     model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
     base = FLAGS.workdir or os.path.dirname(checkpoint)
     protocol = wsol_flags.protocol()
