@@ -94,10 +94,9 @@ def localize_files(
         box = boxes_at_threshold(scoremap, threshold)[0]
         stem = os.path.splitext(os.path.basename(path))[0]
         overlay = os.path.join(output_dir, f"{stem}_{localizer.name}.png")
-        title = (
-            f"{top[0][1]} ({100 * top[0][2]:.1f}%)\n"
-            f"{localizer.name} at {localizer.layer}; red box: map >= {threshold:g}"
+        title = f"{top[0][1]} ({100 * top[0][2]:.1f}%)\n{localizer.name} at {localizer.layer}"
+        visualize.plot_overlays(
+            image[None], scoremap[None], [box[None]], [np.zeros((0, 4))], [title], overlay, threshold, "--box_threshold"
         )
-        visualize.plot_overlays(image[None], scoremap[None], [box[None]], [np.zeros((0, 4))], [title], overlay)
         found.append(Localization(path, top, box, threshold, overlay))
     return found

@@ -277,4 +277,6 @@ def write_pictures(
         [run.gt_boxes[i] for i in picks],
         titles,
         os.path.join(output_dir, "overlays.png"),
+        tau,
+        "MaxBoxAcc's threshold on this split",
     )

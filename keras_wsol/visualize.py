@@ -62,12 +62,18 @@ def plot_overlays(
     gt_boxes: list[np.ndarray],
     titles: list[str],
     path: str,
+    threshold: float | None = None,
+    threshold_source: str = "",
 ) -> None:
-    """A grid of map overlays with predicted (red) and ground-truth (green) boxes, all in map pixels."""
+    """A grid of map overlays with predicted (red) and ground-truth (green) boxes, all in map pixels.
+
+    A legend under the grid says what the colours are and the box
+    threshold tau (with ``threshold_source``, where it came from).
+    """
     n = len(images)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3 * cols, 5), 3 * rows), squeeze=False)  # room for the legend
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, scoremap, pred, gt, title in zip(axes.ravel(), images, scoremaps, predicted_boxes, gt_boxes, titles):
@@ -76,6 +82,21 @@ def plot_overlays(
             for x0, y0, x1, y1 in np.asarray(boxes).reshape(-1, 4):
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.5))
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
+    legend = box_legend(threshold, threshold_source, any(len(np.asarray(g).reshape(-1, 4)) for g in gt_boxes))
+    handles = [plt.Rectangle((0, 0), 1, 1, fill=False, color=colour, lw=1.5) for colour, _ in legend]
+    lines = 1 if cols > 1 else len(legend)  # one row of entries, or one entry a row under a single image
+    fig.legend(handles, [label for _, label in legend], loc="lower center", ncol=len(legend) // lines, fontsize=8)
+    fig.tight_layout(rect=(0, 0.22 * lines / (3 * rows), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def box_legend(threshold: float | None, source: str = "", ground_truth: bool = True) -> list[tuple[str, str]]:
+    """``[(colour, label)]`` of an overlay's boxes: the predicted box at tau, and the ground truth if shown.
+
+    >>> box_legend(0.23, "MaxBoxAcc's on this split")
+    [('red', "predicted box (tau = 0.23, MaxBoxAcc's on this split)"), ('lime', 'ground truth')]
+    """
+    at = "" if threshold is None else f" (tau = {threshold:.2f}{f', {source}' if source else ''})"
+    entries = [("red", f"predicted box{at}")]
+    return entries + [("lime", "ground truth")] if ground_truth else entries

@@ -131,3 +131,17 @@ def test_scoremap_validation_names_the_map():
         ev.update(np.full((1, 8, 8), 2.0, np.float32), [np.array([[0, 0, 1, 1]])])
     with pytest.raises(ValueError, match="8x8"):
         ev.update(np.zeros((1, 4, 4), np.float32), [np.array([[0, 0, 1, 1]])])
+
+
+def test_overlays_carry_a_legend_of_the_box_colours_and_the_threshold(monkeypatch, tmp_path):
+    from keras_wsol import visualize
+
+    figures = []
+    monkeypatch.setattr(visualize.plt, "close", figures.append)
+    images, maps = np.zeros((2, 32, 32, 3), np.uint8), np.zeros((2, 32, 32), np.float32)
+    boxes = [np.array([[1, 1, 9, 9]])] * 2
+    visualize.plot_overlays(images, maps, boxes, boxes, ["a", "b"], str(tmp_path / "o.png"), 0.23, "on val")
+    visualize.plot_overlays(images[:1], maps[:1], boxes[:1], [np.zeros((0, 4))], ["c"], str(tmp_path / "p.png"), 0.2)
+    legends = [[t.get_text() for t in figure.legends[0].get_texts()] for figure in figures]
+    assert legends == [["predicted box (tau = 0.23, on val)", "ground truth"], ["predicted box (tau = 0.20)"]]
+    assert (tmp_path / "o.png").is_file() and (tmp_path / "p.png").is_file()

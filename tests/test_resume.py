@@ -79,7 +79,9 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_state(tmp_path):
         AtomicCheckpoint(last),
         poison,
     ]
-    with pytest.raises(FloatingPointError, match=r"epoch 2, step 1: the training loss is nan; stopped. .* from epoch 1"):
+    with pytest.raises(
+        FloatingPointError, match=r"epoch 2, step 1: the training loss is nan; stopped. .* from epoch 1"
+    ):
         model.fit(pipeline.training_dataset(data, 8, seed=0), epochs=3, callbacks=callbacks, verbose=0)
     saved = keras.models.load_model(last)
     assert all(np.isfinite(w).all() for w in saved.get_weights())
@@ -102,9 +104,9 @@ def test_a_nan_validation_loss_stops_before_the_epoch_is_saved(tmp_path):
     kernel = model.classifier.kernel
     # Training steps are finite; the weights go bad just before the validation pass of epoch 1.
     poison = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: kernel.assign(np.full(kernel.shape, np.nan, "float32"))
-        if batch == 1
-        else None
+        on_train_batch_end=lambda batch, logs: (
+            kernel.assign(np.full(kernel.shape, np.nan, "float32")) if batch == 1 else None
+        )
     )
     callbacks = [StopOnNonFiniteLoss(str(tmp_path)), AtomicCheckpoint(last), poison]
     dataset = pipeline.training_dataset(data, 8, seed=0)
