@@ -62,13 +62,18 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tmp_path):
     assert os.path.isfile(tmp_path / "checkpoints" / "last.keras")
 
 
-def test_nan_loss_stops_at_once_and_keeps_the_last_good_state(tmp_path):
+def cam_to_poison():
+    """``(training split, compiled CAM, its classifier kernel)``: 2 classes x 8 images, two steps of 8 an epoch."""
     keras.utils.set_random_seed(0)
     data = synthetic.generate("train", num_classes=2, images_per_class=8, image_size=32).as_split()
     model = CAM(num_classes=2, backbone="small", image_size=32)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return data, model, model.classifier.kernel
+
+
+def test_nan_loss_stops_at_once_and_keeps_the_last_good_state(tmp_path):
+    data, model, kernel = cam_to_poison()
     last = str(tmp_path / "last.keras")
-    kernel = model.classifier.kernel
     # After epoch 1 is saved, the weights go bad: epoch 2's first step has a NaN loss.
     poison = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: kernel.assign(np.full(kernel.shape, np.nan, "float32"))
@@ -96,12 +101,8 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_state(tmp_path):
 
 
 def test_a_nan_validation_loss_stops_before_the_epoch_is_saved(tmp_path):
-    keras.utils.set_random_seed(0)
-    data = synthetic.generate("train", num_classes=2, images_per_class=8, image_size=32).as_split()
-    model = CAM(num_classes=2, backbone="small", image_size=32)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    data, model, kernel = cam_to_poison()
     last = str(tmp_path / "last.keras")
-    kernel = model.classifier.kernel
     # Training steps are finite; the weights go bad just before the validation pass of epoch 1.
     poison = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: (
