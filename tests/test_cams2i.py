@@ -171,7 +171,7 @@ def test_detaching_the_teacher_decides_whether_l_int_reaches_s2(detach):
     assert (s2_norm == 0) == detach
 
 
-def test_with_imagenet_weights_f_is_a_frozen_imagenet_net_that_training_leaves_alone():
+def test_with_imagenet_weights_f_is_a_frozen_imagenet_net_that_training_leaves_alone(tmp_path):
     keras.utils.set_random_seed(8)
     model = CAMs2i(
         num_classes=3, backbone="efficientnet_lite0", weights="imagenet", image_size=32, classifier_channels=8
@@ -184,6 +184,8 @@ def test_with_imagenet_weights_f_is_a_frozen_imagenet_net_that_training_leaves_a
     parts = model.train_on_batch(x, np.array([0, 0, 1, 1, 2, 2]), return_dict=True)
     assert parts["inter"] > 0
     assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.feature_net.weights))
+    loaded = assert_round_trip(model, tmp_path / "m.keras", x[:2], inter_net="imagenet")  # auto, resolved
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, loaded.feature_net.weights))
     assert model_and_batch(8)[0].feature_net_kind == "small"  # random weights: a small f trained with the model
 
 

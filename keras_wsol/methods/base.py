@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 from typing import Callable
 
 import keras
@@ -31,6 +32,19 @@ from keras_wsol.optimizers import set_lr_multipliers
 
 #: The constructor arguments that fix a WSOLModel's network (shared by every method).
 ARCHITECTURE = ("num_classes", "backbone", "image_size", "head_channels")
+
+
+_RESTORING = contextvars.ContextVar("keras_wsol_restoring", default=False)
+
+
+def restoring() -> bool:
+    """True while :meth:`WSOLModel.from_config` rebuilds a model whose weights will come from a saved file.
+
+    Example:
+        >>> restoring()
+        False
+    """
+    return _RESTORING.get()
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -321,5 +335,9 @@ class WSOLModel(MultiWorkerFit, keras.Model):
     @classmethod
     def from_config(cls, config: dict):
         # The saved file carries the trained weights: never fetch or read the
-        # original backbone weights again.
-        return cls(**{**config, "weights": None})
+        # original backbone weights (or a method's pretrained parts) again.
+        token = _RESTORING.set(True)
+        try:
+            return cls(**{**config, "weights": None})
+        finally:
+            _RESTORING.reset(token)

@@ -67,7 +67,7 @@ from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import Preprocess
 from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
 from keras_wsol.maps import class_channel, minmax_normalize, predicted_where_negative
-from keras_wsol.methods.base import WSOLModel
+from keras_wsol.methods.base import WSOLModel, restoring
 from keras_wsol.methods.hyperparameters import HyperParameter
 
 INTER_NETS = ("auto", "imagenet", "small", *TAPS)
@@ -99,8 +99,11 @@ def _embedding_net(image_size: int, preprocess: Preprocess, dim: int) -> keras.S
 
 
 def _frozen_imagenet_net(image_size: int) -> keras.Model:
-    """``f`` of Eq. 9 as a fixed ImageNet feature net: EfficientNet-Lite0's head, GAP, weights frozen."""
-    lite0 = build_backbone("efficientnet_lite0", (image_size, image_size, 3), "imagenet")
+    """``f`` of Eq. 9 as a fixed ImageNet feature net: EfficientNet-Lite0's head, GAP, weights frozen.
+
+    A model restored from a file gets the net's weights from the file, so they are not read again.
+    """
+    lite0 = build_backbone("efficientnet_lite0", (image_size, image_size, 3), None if restoring() else "imagenet")
     lite0.trainable = False
     inputs = keras.Input((image_size, image_size, 3))
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(lite0(inputs)["high"]), name="inter_f_imagenet")
@@ -225,6 +228,10 @@ class CAMs2i(WSOLModel):
         elif self.inter_module and self.feature_net_kind == "imagenet":
             self.feature_net = _frozen_imagenet_net(self.image_size)
         self.add_part_trackers("ce_s2", "int", "adn", "inter", "w0")
+
+    def get_config(self) -> dict:
+        # auto depends on the backbone's weights, which a restored model does not fetch again: save the result
+        return {**super().get_config(), "inter_net": self.feature_net_kind}
 
     @property
     def feature_net_kind(self) -> str:
