@@ -16,9 +16,12 @@ Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
 * **CAAM** (Eq. 1-6), one layer across the branches with ``delta_x`` and
   ``delta_x~``; **SSAM** (Eq. 7-8), one per branch (``alpha_x``,
   ``alpha_x~``); **aggregation** (Eq. 9), one 3x3 conv of the feature
-  width shared by both branches (Algorithm 1 writes one ``conv``), followed
-  by BatchNorm and ReLU as in the conv after each attention module of the
-  code of DANet, the paper's source for CAAM and SSAM (``aggregation``).
+  width shared by both branches (Algorithm 1 writes one ``conv``), then
+  (``aggregation``) a ReLU, or BatchNorm and ReLU as after each attention
+  module in the code of DANet, the paper's source for CAAM and SSAM, or
+  nothing (Eq. 9 as written). ``auto`` (default): BatchNorm and ReLU on a
+  pretrained backbone, the ReLU alone from random weights; the choice
+  measured best in each setting (docs/RESULTS.md).
   A module switched off (``use_caam`` / ``use_ssam`` False, the ablations of
   Table 5) passes ``F`` through, so the aggregation still sees ``F^c + F^s``.
 * **Two classifiers** after GAP, ``theta^x`` and ``theta^x~`` of Algorithm 1
@@ -31,7 +34,14 @@ Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
   sum is the other reading: at 12x12 maps it weighs 144 times more, and at
   ``beta = 50`` the maps never leave chance). An all-zero or
   input-independent map also minimizes Eq. 14; the two cross-entropies keep
-  the maps input-dependent, and the logged ``fusion`` part shows it.
+  the maps input-dependent, and the logged ``fusion`` part shows it. The
+  all-zero maps are reached when the aggregation's ReLU dies: on
+  EfficientNet-Lite0's ImageNet features, Adam's first steps on the new
+  1280 x 1280 3x3 conv push nearly all its outputs below zero within a
+  dozen steps, with or without Eq. 14, and the run stays at chance.
+  BatchNorm before the ReLU keeps every channel alive (the guard ``auto``
+  applies on pretrained backbones); from random weights the plain ReLU
+  trains well and BatchNorm costs 11 points.
 * **Inference** on the full image with CAAM and SSAM off (their attention
   terms removed, as ``delta = alpha = 0`` would): plain CAM of
   ``conv(F + F)`` through classifier ``X``. ``attention_at_inference=True``
@@ -60,7 +70,7 @@ from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
 
 PAPER_PATCH_SIZES = (16, 32, 44, 56)
-AGGREGATIONS = ("bn_relu", "relu", "linear")
+AGGREGATIONS = ("auto", "bn_relu", "relu", "linear")
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
 
@@ -114,10 +124,11 @@ class Complementary(WSOLModel):
         ),
         HyperParameter(
             "aggregation",
-            "bn_relu",
-            "the Eq. 9 conv's output: bn_relu (BatchNorm, ReLU), relu, or linear (Eq. 9 as written)",
-            "DANet's code (the paper's ref. [11] for CAAM and SSAM) follows each attention module with conv, "
-            "BatchNorm, ReLU; measured: relu alone dies on ImageNet features (docs/RESULTS.md)",
+            "auto",
+            "after the Eq. 9 conv: bn_relu (BatchNorm, ReLU), relu, linear (Eq. 9 as written), or auto: bn_relu "
+            "on a pretrained backbone, relu from random weights",
+            "measured (docs/RESULTS.md): relu dies on ImageNet features, where DANet's conv-BatchNorm-ReLU (the "
+            "paper's ref. [11] for CAAM and SSAM) trains; from random weights relu scores 11 points higher",
             choices=AGGREGATIONS,
         ),
         HyperParameter(
@@ -163,7 +174,7 @@ class Complementary(WSOLModel):
         self.caam = ChannelAssistedAttention(name="caam") if self.use_caam else None
         self.ssam_x = SpatialSelfAttention(name="ssam_x") if self.use_ssam else None
         self.ssam_complement = SpatialSelfAttention(name="ssam_complement") if self.use_ssam else None
-        batch_norm = self.aggregation == "bn_relu"
+        batch_norm = self.aggregation_kind == "bn_relu"
         self.aggregate = keras.layers.Conv2D(width, 3, padding="same", use_bias=not batch_norm, name="aggregate")
         self.aggregate_norm = keras.layers.BatchNormalization(name="aggregate_bn") if batch_norm else None
         self.classifier_complement = keras.layers.Dense(self.num_classes, name="classifier_complement")
@@ -220,7 +231,18 @@ class Complementary(WSOLModel):
         fused = self.aggregate(summed)
         if self.aggregate_norm is not None:
             fused = self.aggregate_norm(fused, training=training)
-        return fused if self.aggregation == "linear" else ops.relu(fused)
+        return fused if self.aggregation_kind == "linear" else ops.relu(fused)
+
+    @property
+    def aggregation_kind(self) -> str:
+        """``aggregation`` with ``auto`` resolved: ``bn_relu`` on a pretrained backbone, else ``relu``."""
+        if self.aggregation != "auto":
+            return self.aggregation
+        return "relu" if self.weights_source in (None, "", "none") else "bn_relu"
+
+    def get_config(self) -> dict:
+        # auto depends on the backbone's weights, which a restored model does not fetch again: save the result
+        return {**super().get_config(), "aggregation": self.aggregation_kind}
 
     def features(self, images, training=False) -> dict:
         taps = super().features(images, training=training)
