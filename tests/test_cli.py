@@ -91,6 +91,10 @@ def test_evaluate_checkpoint_takes_its_workdirs_data_or_needs_data_flags(workdir
     result = run("evaluate.py", f"--checkpoint={tmp_path}/loose.keras", f"--output_dir={tmp_path}/f")
     assert result.returncode != 0 and "is not in a train.py workdir: give the data" in result.stderr
     assert not os.path.exists(tmp_path / "f")
+    export = ["--export", f"--export_dir={tmp_path}/sm", "--model_name=loose", "--export_threshold=0.3"]
+    result = run("evaluate.py", f"--checkpoint={tmp_path}/loose.keras", *export)  # reads no data: allowed
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "sm" / "loose" / "1" / "saved_model.pb")
 
 
 def test_evaluator_only_mode_boxes_and_masks(tmp_path):

@@ -339,7 +339,9 @@ def main(argv: list[str]) -> None:
         for name, value in run_data_flags(data_from).items():
             if not FLAGS[name].present:
                 FLAGS[name].parse(value)
-    elif not any(FLAGS[name].present for name in wsol_flags.DATA_FLAGS):
+    elif not any(FLAGS[name].present for name in wsol_flags.DATA_FLAGS) and not (
+        FLAGS.export and FLAGS.export_threshold is not None  # the one mode that reads no data
+    ):
         raise app.UsageError(
             f"--checkpoint={FLAGS.checkpoint} is not in a train.py workdir: give the data it is to be scored on "
             "(--dataset and its flags, e.g. --dataset=synthetic --image_size=96), or --workdir"
