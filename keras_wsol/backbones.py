@@ -264,6 +264,16 @@ def resolution_keeping_taps(name: str) -> tuple[str, ...]:
     return tuple(_DOWNSAMPLING_AFTER.get(name, {}))
 
 
+def pretrained(weights: str | None) -> bool:
+    """Whether ``weights`` names pretrained weights (``imagenet`` or a file) rather than a random start.
+
+    Example:
+        >>> [pretrained(w) for w in (None, "none", "", "imagenet", "backbone.weights.h5")]
+        [False, False, False, True, True]
+    """
+    return weights not in (None, "none", "")
+
+
 def build_backbone(
     name: str,
     input_shape: tuple[int, int, int],
@@ -290,7 +300,7 @@ def build_backbone(
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    if weights in (None, "none", ""):
+    if not pretrained(weights):
         weights = None
     elif weights != "imagenet" and not os.path.isfile(weights):
         raise FileNotFoundError(f"--weights={weights}: no such file (use none, imagenet or a .weights.h5 path)")

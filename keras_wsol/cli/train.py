@@ -92,9 +92,11 @@ def load_checkpoint(flag: str):
 
 def backbone_lr_multiplier() -> float:
     """--backbone_lr_multiplier, or the papers' 0.1 for pretrained --weights and 1 from random weights."""
+    from keras_wsol.backbones import pretrained
+
     if FLAGS.backbone_lr_multiplier is not None:
         return FLAGS.backbone_lr_multiplier
-    return 1.0 if FLAGS.weights in ("none", "") else 0.1
+    return 0.1 if pretrained(FLAGS.weights) else 1.0
 
 
 def write_flagfile(path: str) -> None:

@@ -62,6 +62,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_wsol.backbones import pretrained
 from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import FUSION_REDUCTIONS, attention_fusion_per_image
@@ -238,7 +239,7 @@ class Complementary(WSOLModel):
         """``aggregation`` with ``auto`` resolved: ``bn_relu`` on a pretrained backbone, else ``relu``."""
         if self.aggregation != "auto":
             return self.aggregation
-        return "relu" if self.weights_source in (None, "", "none") else "bn_relu"
+        return "bn_relu" if pretrained(self.weights_source) else "relu"
 
     def get_config(self) -> dict:
         # auto depends on the backbone's weights, which a restored model does not fetch again: save the result
