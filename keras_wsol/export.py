@@ -310,14 +310,15 @@ def export_model(
     claim, version = _claim_version(model_dir, version)
     final = os.path.join(model_dir, str(version))
     try:
-        _write_version(model, functions, localizer, classify_only, metadata, claim, final)
+        _write_version(model, functions, metadata, claim, final)
     finally:
         shutil.rmtree(claim, ignore_errors=True)
     return final
 
 
-def _write_version(model, functions, localizer, classify_only: bool, metadata, claim: str, final: str) -> None:
+def _write_version(model, functions: ServingFunctions, metadata: dict | None, claim: str, final: str) -> None:
     """Trace the signatures, write the SavedModel inside ``claim``, rename it to ``final``."""
+    localizer, classify_only = functions.localizer, functions.classify_only
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
