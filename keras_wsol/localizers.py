@@ -300,7 +300,7 @@ class Localizer:
             logits, taps = self.model.logits_and_features(images, training=False)
             return logits, taps[self.layer]
         logits = self.model(images, training=False)
-        if not tf.is_tensor(logits) and not isinstance(logits, keras.KerasTensor) and not hasattr(logits, "shape"):
+        if not hasattr(logits, "shape"):  # a dict, list or tuple of outputs
             raise ValueError(
                 f"{self.model.name} returns a {type(logits).__name__}; a localizer needs one [batch, classes] "
                 "output: wrap it, e.g. keras.Model(model.inputs, model.outputs[0]) or a model returning the logits"
@@ -374,7 +374,7 @@ class Localizer:
                     f"(-1: the predicted class); {self.model.name} has {self.num_classes} classes"
                 )
             class_ids = tf.fill(tf.shape(images)[:1], int(ids)) if ids.ndim == 0 else ids
-        elif not (class_ids.dtype.is_integer or class_ids.dtype.is_floating):
+        elif not class_ids.dtype.is_integer:  # a float tensor's values cannot be checked before the cast
             raise ValueError(f"class_ids must be integers, got {class_ids.dtype.name}")
         return self._raw(images, tf.cast(class_ids, tf.int32))
 

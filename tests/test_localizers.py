@@ -300,3 +300,14 @@ def test_one_class_id_for_every_image_and_minus_one_for_the_predicted_class():
     np.testing.assert_allclose(
         minus, localizers.compute_scoremaps(model, images, "gradcam", layer="conv", class_ids=predicted)
     )
+
+
+def test_a_float_tensor_of_class_ids_is_refused_not_truncated():
+    import tensorflow as tf
+
+    inputs, _, _, _, logits = small_functional_model()
+    localizer = localizers.get_localizer(keras.Model(inputs, logits), "gradcam", "conv")
+    images = np.zeros((2, 32, 32, 3), "float32")
+    with pytest.raises(ValueError, match="class_ids must be integers, got float32"):
+        localizer.raw_maps(images, tf.constant([0.5, 1.0]))
+    assert localizer.raw_maps(images, tf.constant([0, 2]))[0].shape[0] == 2
