@@ -383,10 +383,8 @@ class BoxEvaluator:
         for s, gt in zip(scoremaps, gt_boxes):
             u = scoremap_to_uint8(s)
             items.append((u, integer_thresholds(taus, int(u.max())), np.asarray(gt, np.int64).reshape(-1, 4)))
-        if len(items) > 1:  # OpenCV and numpy release the GIL: maps of a batch in threads, as many as cores
-            results = list(_thread_pool().map(lambda item: _best_ious_uint8(*item), items))
-        else:
-            results = [_best_ious_uint8(*item) for item in items]
+        # OpenCV and numpy release the GIL: the maps of a batch run in threads, as many as cores.
+        results = list(_thread_pool().map(lambda item: _best_ious_uint8(*item), items))
         top1 = None
         if logits is not None:
             if labels is None:
