@@ -22,9 +22,13 @@ TINY = [
 ]
 
 
-def run(script, *args):
+def run(script, *args, interpreter_args=()):
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, *interpreter_args, os.path.join(ROOT, script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -39,13 +43,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def run_reporting_imports(script, *args):
     """``run``, with a last stdout line ``IMPORTED [...]`` naming TensorFlow or Keras if the script imported them."""
-    return subprocess.run(
-        [sys.executable, "-c", IMPORT_REPORT, os.path.join(ROOT, script), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run(script, *args, interpreter_args=("-c", IMPORT_REPORT))
 
 
 @pytest.fixture(scope="module")
