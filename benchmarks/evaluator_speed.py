@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from keras_wsol import evaluation, protocol_reference
+from keras_wsol.data.metadata import write_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,14 +75,19 @@ def main() -> None:
     fast_eval = evaluation.BoxEvaluator(args.interval)
     fast_eval.update(np.stack(maps), boxes)
     fast = (time.perf_counter() - start) / len(maps)
-    n = len(fast_eval.taus)
-    agree = all(np.array_equal(fast_eval.correct[m][t][:n], reference[m][t]) for m in reference for t in reference[m])
-    print(f"maps={len(maps)} interval={args.interval} taus={n}")
+    agree = counts_agree(fast_eval, reference)
+    print(f"maps={len(maps)} interval={args.interval} taus={len(fast_eval.taus)}")
     print(f"straightforward per-tau: {slow * 1e3:8.2f} ms/map")
     print(f"keras_wsol BoxEvaluator: {fast * 1e3:8.2f} ms/map")
     print(f"speed-up: {slow / fast:.1f}x   counts agree: {agree}")
     if args.process_maps:
         whole_process(args.process_maps, args.interval)
+
+
+def counts_agree(evaluator: evaluation.BoxEvaluator, reference: dict) -> bool:
+    """Whether ``evaluator``'s counts equal the per-tau loop's ``{mode: {iou: counts}}`` at every tau."""
+    n = len(evaluator.taus)
+    return all(np.array_equal(evaluator.correct[m][t][:n], reference[m][t]) for m in reference for t in reference[m])
 
 
 def timed(command: list[str]) -> float:
@@ -96,17 +102,10 @@ def whole_process(count: int, interval: float) -> None:
     maps, boxes = cam_like_maps(count, seed=1)
     with tempfile.TemporaryDirectory() as folder:
         meta, map_root = os.path.join(folder, "metadata"), os.path.join(folder, "maps")
-        os.makedirs(meta)
         os.makedirs(map_root)
         ids = [f"m{i:04d}" for i in range(count)]
-        with open(os.path.join(meta, "image_ids.txt"), "w") as f:
-            f.writelines(f"{i}\n" for i in ids)
-        with open(os.path.join(meta, "class_labels.txt"), "w") as f:
-            f.writelines(f"{i},0\n" for i in ids)
-        with open(os.path.join(meta, "image_sizes.txt"), "w") as f:
-            f.writelines(f"{i},224,224\n" for i in ids)
-        with open(os.path.join(meta, "localization.txt"), "w") as f:
-            f.writelines(f"{i},{','.join(str(int(v)) for v in b[0])}\n" for i, b in zip(ids, boxes))
+        lines = [f"{i},{','.join(str(int(v)) for v in b[0])}" for i, b in zip(ids, boxes)]
+        write_split(meta, ids, [0] * count, [(224, 224)] * count, lines)
         for i, scoremap in zip(ids, maps):
             np.save(os.path.join(map_root, i + ".npy"), scoremap)
         output, counts = os.path.join(folder, "metrics.json"), os.path.join(folder, "counts.npz")
@@ -117,13 +116,9 @@ def whole_process(count: int, interval: float) -> None:
         slow = timed([sys.executable, "-c", REFERENCE_PROCESS, meta, map_root, str(interval), counts])
         in_process = evaluation.BoxEvaluator(interval)
         in_process.update(np.stack(maps), boxes)
-        n = len(in_process.taus)
-        with np.load(counts) as reference:
-            agree = all(
-                np.array_equal(in_process.correct[mode][t][:n], reference[f"{mode}_{t}"])
-                for mode in in_process.correct
-                for t in in_process.correct[mode]
-            )
+        with np.load(counts) as saved:
+            reference = {m: {t: saved[f"{m}_{t}"] for t in in_process.correct[m]} for m in in_process.correct}
+        agree = counts_agree(in_process, reference)
         with open(output) as f:
             agree = agree and json.load(f) == json.loads(json.dumps(in_process.result()))
     print(f"whole process, {count} maps at interval {interval}:")
