@@ -208,7 +208,7 @@ def write_split(folder: str, image_ids: list[str], labels, sizes, localization: 
     }
     for name, lines in files.items():
         with open(os.path.join(folder, name), "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("".join(line + "\n" for line in lines))  # an empty split is an empty file
 
 
 def load_masks(meta: Metadata, image_id: str, mask_root: str, resize_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -254,7 +254,7 @@ def metadata_split(
     num_classes: int | None = None,
     localization: bool = True,
 ) -> Split:
-    """A split of a benchmark metadata folder (PROTOCOL.md): images under ``data_root``.
+    """A split of a benchmark metadata folder (docs/DATA.md): images under ``data_root``.
 
     ``localization=False`` reads only ``image_ids.txt`` and
     ``class_labels.txt`` (training splits need no boxes). A mask split

@@ -163,7 +163,7 @@ def generate(
 
 
 def write_metadata_folder(split: SyntheticSplit, root: str, split_name: str) -> None:
-    """Write a split as a benchmark folder (PROTOCOL.md format).
+    """Write a split as a benchmark folder (the format of docs/DATA.md).
 
     Layout under ``root``: ``images/<id>`` (PNG), ``masks/<id>`` (PNG, 255 =
     object), ``metadata/<split>/`` with box ``localization.txt`` and

@@ -2,7 +2,7 @@
 
 CUB is prepared by TFDS (download, or the archives ``CUB_200_2011.tgz`` and
 ``segmentations.tgz`` in a manual directory), then exported once, bytes
-unchanged, as a benchmark metadata folder (PROTOCOL.md) next to the TFDS
+unchanged, as a benchmark metadata folder (docs/DATA.md) next to the TFDS
 data: ``images/``, ``masks/``, ``metadata/{train,val,test}`` (boxes) and
 ``metadata_masks/{train,val,test}`` (segmentations). From there it is read
 like any benchmark folder, by index, so class-set batches work. TFDS's
