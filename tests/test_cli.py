@@ -20,6 +20,8 @@ TINY = [
     "--batch_size=8",
     "--epochs=2",
 ]
+# TINY without the synthetic benchmark's own flags, for runs on other sources (which refuse them).
+TRAINING = [f for f in TINY if not f.startswith(("--num_classes", "--train_images", "--eval_images"))]
 
 
 def run(script, *args, interpreter_args=()):
@@ -233,7 +235,7 @@ def test_a_metadata_folder_gives_the_numbers_of_the_in_memory_split(workdir, tmp
     assert json.load(open(tmp_path / "eval" / "metrics.json")) == from_memory  # same boxes, masks and pixels
     for split in ("train", "val"):  # masks for the test split only, as CUB's segmentations often are
         shutil.rmtree(tmp_path / "bench" / "metadata_masks" / split)
-    result = run("train.py", f"--workdir={tmp_path}/run", *TINY, "--epochs=1", *flags)
+    result = run("train.py", f"--workdir={tmp_path}/run", *TRAINING, "--epochs=1", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(tmp_path / "run" / "eval_test" / "metrics.json"))["model"]
     assert metrics["num_images"] == 12 and "PxAP" in metrics
@@ -247,11 +249,18 @@ def test_a_metadata_folder_gives_the_numbers_of_the_in_memory_split(workdir, tmp
             ["--dataset=folder", "--data_root=nowhere", "--metadata_root=nowhere"],
             "nowhere/train/image_ids.txt: file not found",
         ),
-        (["--dataset=imagenet", "--data_root=nowhere"], "--dataset=imagenet"),
+        (["--dataset=imagenet", "--data_root=nowhere", "--tfds_data_dir=nowhere"], "--dataset=imagenet"),
+        (  # a user's data flags without --dataset=folder: refused, not a silent run on the synthetic benchmark
+            ["--data_root=mine", "--metadata_root=mine"],
+            "--data_root is read by --dataset=folder or imagenet only, and this run has --dataset=synthetic: "
+            "give --dataset=folder (your own photos: --dataset=folder), or drop --data_root",
+        ),
+        (["--dataset=folder", "--num_classes=3"], "--num_classes is read by --dataset=synthetic only"),
+        (["--dataset=cub", "--metadata_root=x"], "--metadata_root is read by --dataset=folder or imagenet only"),
     ],
 )
 def test_dataset_flags_fail_naming_the_flag_or_file(flags, message, tmp_path):
-    result = run("train.py", f"--workdir={tmp_path}", *TINY, *flags, "--tfds_data_dir=" + str(tmp_path / "tfds"))
+    result = run("train.py", f"--workdir={tmp_path}", *TRAINING, *flags)
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "checkpoints")
 
@@ -388,12 +397,26 @@ def test_data_problems_are_refused_before_training_and_nothing_is_written(tmp_pa
     flags = folder_flags(tmp_path / "bench")
     sizes = tmp_path / "bench" / "metadata" / "test" / "image_sizes.txt"
     sizes.write_text(sizes.read_text().replace(",40,40", ",64,48", 1))
-    result = run("train.py", f"--workdir={tmp_path}/run", *TINY, *flags)
+    result = run("train.py", f"--workdir={tmp_path}/run", *TRAINING, *flags)
     assert result.returncode != 0
     assert (
         "test split: 1 image file(s) with problems" in result.stderr and "image_sizes.txt says 64x48" in result.stderr
     )
     assert not os.path.exists(tmp_path / "run")  # no flags.txt, no checkpoints
+
+
+def test_a_jpeg_cut_short_is_named_before_any_model_is_built(tmp_path):
+    from PIL import Image
+
+    flags = folder_flags(tmp_path / "bench")
+    test_ids = (tmp_path / "bench" / "metadata" / "test" / "image_ids.txt").read_text().split()
+    victim = tmp_path / "bench" / "images" / test_ids[-1]
+    Image.open(victim).convert("RGB").save(victim, format="JPEG")  # the pipeline reads images by content
+    victim.write_bytes(victim.read_bytes()[:-20])  # header intact, end marker gone: PIL's verify() passes it
+    result = run("train.py", f"--workdir={tmp_path}/run", *TRAINING, *flags)
+    assert result.returncode != 0
+    assert f"{victim}: not a readable image" in result.stderr and "truncated image (no end marker)" in result.stderr
+    assert "Epoch" not in result.stdout + result.stderr and not os.path.exists(tmp_path / "run")
 
 
 def test_evaluate_refuses_a_model_of_another_class_count(workdir, tmp_path):

@@ -342,9 +342,14 @@ def main(argv: list[str]) -> None:
         )
     data_from = FLAGS.workdir or checkpoint_workdir(FLAGS.checkpoint)
     if data_from:
-        # The dataset flags of the training run, unless given on this command line.
-        for name, value in run_data_flags(data_from).items():
-            if not FLAGS[name].present:
+        # The dataset flags of the training run, unless given on this command line; a --dataset given here
+        # takes none of the run's flags that only its other source reads.
+        replayed = run_data_flags(data_from)
+        if not FLAGS["dataset"].present and "dataset" in replayed:
+            FLAGS["dataset"].parse(replayed["dataset"])
+        for name, value in replayed.items():
+            other_source = FLAGS.dataset not in wsol_flags.SOURCE_FLAGS.get(name, (FLAGS.dataset,))
+            if not FLAGS[name].present and not other_source:
                 FLAGS[name].parse(value)
     elif not any(FLAGS[name].present for name in wsol_flags.DATA_FLAGS) and not (
         FLAGS.export and FLAGS.export_threshold is not None  # the one mode that reads no data

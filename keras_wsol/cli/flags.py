@@ -25,6 +25,22 @@ FLAGS = flags.FLAGS
 #: :func:`define_data_flags` with every flag it defines before the loader and protocol flags, so none is forgotten.
 DATA_FLAGS: list[str] = []
 
+#: The data flags only some sources read: given with another ``--dataset`` they are refused, not ignored (a user's
+#: ``--data_root`` without ``--dataset=folder`` would otherwise train on the synthetic benchmark, silently).
+SOURCE_FLAGS = {
+    "num_classes": ("synthetic",),
+    "train_images_per_class": ("synthetic",),
+    "eval_images_per_class": ("synthetic",),
+    "data_seed": ("synthetic", "cub"),
+    "tfds_data_dir": ("cub", "imagenet"),
+    "tfds_manual_dir": ("cub", "imagenet"),
+    "cub_val_per_class": ("cub",),
+    "data_root": ("folder", "imagenet"),
+    "metadata_root": ("folder", "imagenet"),
+    "mask_root": ("folder", "imagenet"),
+    "mask_metadata_root": ("folder", "imagenet"),
+}
+
 
 def show_in_help(*modules: str) -> None:
     """List the flags ``modules`` define under ``--help``, which absl limits to the main script's own flags."""
@@ -184,9 +200,18 @@ def _metadata_split(split: str, localization: bool = True):
 def load_split(split: str):
     """The ``split`` (train, val or test) of the dataset the data flags describe, as a :class:`Split`.
 
-    A missing folder or malformed file is an error naming the flag and file.
+    A missing folder or malformed file is an error naming the flag and file;
+    a flag of another source is refused (:data:`SOURCE_FLAGS`).
     """
     from keras_wsol.data import synthetic, tfds_sources
+
+    for name, readers in SOURCE_FLAGS.items():
+        if FLAGS[name].present and FLAGS.dataset not in readers:
+            hint = " (your own photos: --dataset=folder)" if "folder" in readers else ""
+            raise app.UsageError(
+                f"--{name} is read by --dataset={' or '.join(readers)} only, and this run has --dataset="
+                f"{FLAGS.dataset}: give --dataset={readers[0]}{hint}, or drop --{name}"
+            )
 
     if FLAGS.dataset == "synthetic":
         data = synthetic.generate(

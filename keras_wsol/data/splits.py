@@ -150,12 +150,14 @@ def fingerprint(split: Split, image_size: int) -> str:
 
 
 def check_image_files(split: Split, name: str, limit: int = 5) -> None:
-    """Every image file of ``split`` exists, has a readable header that checks out, and the size its metadata says.
+    """Every image file of ``split`` exists, decodes the way the pipeline decodes it, and has the size its metadata says.
 
     Raises :class:`~keras_wsol.data.metadata.MetadataError` listing up to
     ``limit`` problems, each naming its file, before any training starts.
-    Header and integrity checks (``PIL.Image.verify``) only: seconds for a
-    benchmark's thousands of files. Splits in memory or streamed pass.
+    Each file is decoded in full by :func:`keras_wsol.data.pipeline.read_image`
+    (a JPEG cut short fails here, not after training), in threads:
+    docs/BENCHMARKS.md has the time on 10,000 photos. Splits in memory or
+    streamed pass.
 
     Example:
         >>> import numpy as np
@@ -165,21 +167,22 @@ def check_image_files(split: Split, name: str, limit: int = 5) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image
+    import tensorflow as tf
+
+    from keras_wsol.data.pipeline import read_image
 
     def problem(index: int) -> str | None:
         path = split.paths[index]
-        try:
-            with Image.open(path) as image:
-                size = image.size
-                image.verify()
-        except FileNotFoundError:
+        if not os.path.isfile(path):
             return f"{path}: no such file"
-        except Exception as error:  # PIL raises many kinds for damaged files
-            return f"{path}: not a readable image ({type(error).__name__}: {error})"
-        if split.sizes is not None and tuple(split.sizes[index]) != size:
+        try:
+            height, width = read_image(tf.constant(path)).shape[:2]
+        except tf.errors.OpError as error:
+            reason = error.message.splitlines()[0] if error.message else type(error).__name__
+            return f"{path}: not a readable image ({reason.split('[[')[0].strip()})"
+        if split.sizes is not None and tuple(split.sizes[index]) != (width, height):
             w, h = split.sizes[index]
-            return f"{path}: the file is {size[0]}x{size[1]}, image_sizes.txt says {w}x{h}"
+            return f"{path}: the file is {width}x{height}, image_sizes.txt says {w}x{h}"
         return None
 
     with ThreadPoolExecutor(8) as pool:
