@@ -65,14 +65,58 @@ def confidence_mask(maps) -> tf.Tensor:
     return ops.where(mu1 > distance, -distance, distance)
 
 
-def interaction_per_image(maps_1, maps_2, mask) -> tf.Tensor:
-    """L_int of CAMs2i Eq. 4, one value per image: ``(S1 - S2)^2 * mask``, averaged over pixels.
+#: How a loss summed over map positions is reduced: ``reference`` (the sum the paper's own map size gives, for the
+#: same picture at any map size), ``sum`` (over the run's positions) or ``mean`` (over the run's positions).
+POSITION_REDUCTIONS = ("reference", "sum", "mean")
+#: CAMs2i's map size: VGG16 at 224 px with pool4 and pool5 at stride 1 (Sec. 4.1 builds on ACoL, whose
+#: models/vgg/vgg_v1.py cfg 'D1' runs both pools at stride 1): 28 x 28 positions.
+CAMS2I_REFERENCE_POSITIONS = 28 * 28
+#: Babar & Das's map size: VGG16 at 224 px cut after conv5-3 (Sec. 4, "we remove the layers after conv5-3"):
+#: 14 x 14 positions.
+COMPLEMENTARY_REFERENCE_POSITIONS = 14 * 14
 
-    Eq. 4 sums over pixels; the mean keeps the loss's size independent of
-    the map resolution (the paper gives Eq. 7 no other weight).
+
+def _reduce_positions(values, reduction: str, reference_positions: int, paper_sum_is_mean: bool) -> tf.Tensor:
+    """Reduce ``[B, P]`` per-position values to ``[B]`` (:data:`POSITION_REDUCTIONS`).
+
+    ``paper_sum_is_mean``: the per-position values shrink as positions grow
+    (unit vectors), so the sum is already size-independent and the paper's
+    value is the sum; otherwise the values keep their size and the paper's
+    sum is the mean times its position count.
+    """
+    if reduction not in POSITION_REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}: choose one of {', '.join(POSITION_REDUCTIONS)}")
+    if reduction == "mean":
+        return ops.mean(values, axis=-1)
+    if reduction == "sum":
+        return ops.sum(values, axis=-1)
+    if paper_sum_is_mean:
+        return ops.sum(values, axis=-1) / float(reference_positions)
+    return ops.mean(values, axis=-1) * float(reference_positions)
+
+
+def interaction_per_image(
+    maps_1, maps_2, mask, reduction: str = "reference", reference_positions: int = CAMS2I_REFERENCE_POSITIONS
+) -> tf.Tensor:
+    """L_int of CAMs2i Eq. 4, one value per image: ``sum over pixels of (S1 - S2)^2 * mask``.
+
+    Eq. 4 sums over the map's pixels. ``reduction="reference"`` (default)
+    gives that sum at the paper's map size (28 x 28, ``reference_positions``)
+    for the same picture at any map size: the mean over pixels times 784, so
+    ``int_weight = 1`` means at 8 x 8 what it means in the paper. ``sum`` is
+    Eq. 4 at the run's own size (it grows with the map); ``mean`` the
+    earlier reading, 1/784 of the paper's size at 28 x 28.
+
+    Example:
+        >>> import numpy as np
+        >>> s1, s2, m = np.ones((1, 2, 2)), np.zeros((1, 2, 2)), np.full((1, 2, 2), 0.5)
+        >>> [float(interaction_per_image(s1, s2, m, r, reference_positions=9)[0]) for r in POSITION_REDUCTIONS]
+        [4.5, 2.0, 0.5]
     """
     diff = ops.cast(maps_1, "float32") - ops.cast(maps_2, "float32")
-    return ops.mean(ops.square(diff) * ops.cast(mask, "float32"), axis=(1, 2))
+    values = ops.square(diff) * ops.cast(mask, "float32")
+    flat = ops.reshape(values, (ops.shape(values)[0], -1))
+    return _reduce_positions(flat, reduction, reference_positions, paper_sum_is_mean=False)
 
 
 def adn_per_image(logits_1, logits_2) -> tf.Tensor:
@@ -124,37 +168,42 @@ def linear_ramp(step, ramp_steps: int) -> tf.Tensor:
     return ops.minimum(ops.cast(step, "float32") / float(ramp_steps), 1.0)
 
 
-FUSION_REDUCTIONS = ("mean", "sum")
-
-
-def attention_fusion_per_image(maps_x, maps_complement, reduction: str = "mean") -> tf.Tensor:
+def attention_fusion_per_image(
+    maps_x,
+    maps_complement,
+    reduction: str = "reference",
+    reference_positions: int = COMPLEMENTARY_REFERENCE_POSITIONS,
+) -> tf.Tensor:
     """Attention-based Fusion Loss of Babar & Das Eq. 14, one value per image.
 
     ``(V_x / ||V_x||_2 - V_x~ / ||V_x~||_2)^2`` with ``V`` the vectorized
     localization map ``[B, h, w]`` of the ground-truth class from each branch
-    (Eq. 13), averaged over the ``h * w`` positions (``reduction="mean"``) or
-    summed (``"sum"``, at most 4). The paper writes no reduction and builds
-    on attention transfer (Zagoruyko & Komodakis), whose code averages the
-    squared difference over positions; the sum grows with the map size.
-    Maps equal up to a positive scale give 0, and so do two all-zero maps
-    (their unit vectors are 0): the two cross-entropy terms of Eq. 15 are
-    what keeps the maps from that trivial optimum.
+    (Eq. 13). The paper writes no reduction and builds on attention transfer
+    (Zagoruyko & Komodakis), whose code averages over positions; at the
+    paper's 14 x 14 maps that is the sum over positions divided by 196.
+    The sum of squared differences of two unit vectors (at most 4) does not
+    grow with the map size, so ``reduction="reference"`` (default), the sum
+    divided by 196 (``reference_positions``), is the paper's mean at 14 x 14
+    and weighs ``beta`` at every map size as at the paper's: ``beta = 50``
+    is ``50 / 196 = 0.26`` per unit of summed squared difference, at 8 x 8 as
+    at 28 x 28. ``mean`` (the earlier default) weighs ``beta / (h w)``
+    instead, ``sum`` ``beta``. Maps equal up to a positive scale give 0, and
+    so do two all-zero maps (their unit vectors are 0): the two
+    cross-entropy terms of Eq. 15 keep the maps from that trivial optimum.
 
     Example:
         >>> import numpy as np
         >>> a, b = np.array([[[1.0, 0.0]]]), np.array([[[0.0, 1.0]]])
-        >>> [float(attention_fusion_per_image(a, b, r)[0]) for r in FUSION_REDUCTIONS]
-        [1.0, 2.0]
+        >>> [float(attention_fusion_per_image(a, b, r, reference_positions=4)[0]) for r in POSITION_REDUCTIONS]
+        [0.5, 2.0, 1.0]
     """
-    if reduction not in FUSION_REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r}: choose one of {', '.join(FUSION_REDUCTIONS)}")
 
     def unit(maps):
         flat = ops.reshape(ops.cast(maps, "float32"), (ops.shape(maps)[0], -1))
         return flat * ops.rsqrt(ops.maximum(ops.sum(ops.square(flat), axis=-1, keepdims=True), 1e-12))
 
     squared = ops.square(unit(maps_x) - unit(maps_complement))
-    return ops.mean(squared, axis=-1) if reduction == "mean" else ops.sum(squared, axis=-1)
+    return _reduce_positions(squared, reduction, reference_positions, paper_sum_is_mean=True)
 
 
 ENTROPY_EPS = 1e-6

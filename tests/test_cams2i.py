@@ -31,9 +31,32 @@ def test_confidence_mask_and_interaction_loss_equal_hand_computed_values():
         ],
         "float32",
     )
-    np.testing.assert_allclose(interaction_per_image(s1, s2, mask).numpy(), [-4.0 / 4, 0.0])
+    np.testing.assert_allclose(interaction_per_image(s1, s2, mask, "mean").numpy(), [-4.0 / 4, 0.0])
     s1_far = s1 + np.array([[[1.0, 0.0], [0.0, 1.0]]] * 2, "float32")  # + 1 on the confident pixels 0 and 3
-    np.testing.assert_allclose(interaction_per_image(s1_far, s2, mask).numpy()[0], (2.0 * 1 - 4.0 + 3.0 * 1) / 4)
+    np.testing.assert_allclose(interaction_per_image(s1_far, s2, mask, "sum").numpy()[0], 2.0 * 1 - 4.0 + 3.0 * 1)
+    # Default: Eq. 4's sum at the paper's 28x28 maps, the pixel mean x 784.
+    np.testing.assert_allclose(interaction_per_image(s1, s2, mask).numpy(), [-4.0 / 4 * 784, 0.0])
+
+
+def test_intra_loss_is_eq4s_sum_on_a_3x3_map_and_the_same_picture_at_two_sizes_agrees():
+    s1 = np.array([[[0.0, 0.5, 1.0], [0.2, 0.9, 0.4], [1.0, 0.0, 0.3]]], "float32")
+    s2 = np.array([[[0.1, 0.5, 0.6], [0.0, 1.0, 0.2], [0.7, 0.2, 0.3]]], "float32")
+    mask = np.array([[[1.0, -0.5, 2.0], [0.5, 1.0, -1.0], [1.5, 0.0, 1.0]]], "float32")
+    by_hand = sum(((a - b) ** 2) * m for a, b, m in zip(s1.ravel(), s2.ravel(), mask.ravel()))
+    # At a reference of 3x3 positions the reference reduction is Eq. 4's sum, to the last digit.
+    np.testing.assert_allclose(interaction_per_image(s1, s2, mask, "reference", reference_positions=9), [by_hand])
+    np.testing.assert_allclose(interaction_per_image(s1, s2, mask, "sum"), [by_hand], rtol=1e-6)
+    # The same smooth picture at 12x12 and 24x24: the default agrees; the sum over the run's pixels grows 4x.
+    yy, xx = np.mgrid[0:48, 0:48] / 47.0
+    pictures = [np.exp(-((xx - cx) ** 2 + (yy - 0.5) ** 2) * 6)[None, ..., None] for cx in (0.4, 0.6)]
+    pictures.append(np.cos(3 * xx)[None, ..., None])
+
+    def at(side):
+        m1, m2, m = (tf.image.resize(p, (side, side), "area")[..., 0] for p in pictures)
+        return float(interaction_per_image(m1, m2, m)[0]), float(interaction_per_image(m1, m2, m, "sum")[0])
+
+    (ref_12, sum_12), (ref_24, sum_24) = at(12), at(24)
+    assert ref_24 == pytest.approx(ref_12, rel=0.03) and sum_24 == pytest.approx(4 * sum_12, rel=0.03)
 
 
 def test_adn_loss_equals_hand_computed_value_and_only_supervises_s2():
@@ -95,7 +118,7 @@ def test_first_step_leaves_the_intra_terms_out_then_w0_rises():
     assert w0 == [0.0, 0.5, 1.0]  # steps 0, 1, 2 of a 2-step ramp
 
 
-@pytest.mark.parametrize("fusion", ["max", "mean", "s1", "s2"])
+@pytest.mark.parametrize("fusion", ["max", "mean", "min", "s1", "s2"])
 def test_localization_maps_fuse_both_classifiers_as_numpy_does(fusion):
     model, x, _ = model_and_batch(3, fusion=fusion)
     logits, maps = model.logits_and_class_maps(x, np.array([1] * 6))
@@ -108,6 +131,7 @@ def test_localization_maps_fuse_both_classifiers_as_numpy_does(fusion):
 
     expected = {
         "max": np.maximum(norm(s1), norm(s2)),
+        "min": np.minimum(norm(s1), norm(s2)),
         "mean": (norm(s1) + norm(s2)) / 2,
         "s1": norm(s1),
         "s2": norm(s2),

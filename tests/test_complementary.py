@@ -77,8 +77,10 @@ def test_fusion_loss_equals_hand_computed_mean_and_sum_and_is_zero_for_identical
     a = np.array([[[3.0, 0.0], [0.0, 4.0]]], "float32")  # unit vector (0.6, 0, 0, 0.8)
     b = np.array([[[0.0, 1.0], [0.0, 0.0]]], "float32")  # unit vector (0, 1, 0, 0)
     squared = [0.36, 1.0, 0.0, 0.64]  # (0.6 - 0)^2, (0 - 1)^2, 0, (0.8 - 0)^2
-    np.testing.assert_allclose(attention_fusion_per_image(a, b).numpy(), [sum(squared) / 4], rtol=1e-6)
+    np.testing.assert_allclose(attention_fusion_per_image(a, b, "mean").numpy(), [sum(squared) / 4], rtol=1e-6)
     np.testing.assert_allclose(attention_fusion_per_image(a, b, "sum").numpy(), [sum(squared)], rtol=1e-6)
+    # Default: the paper's 14x14 mean, i.e. the sum / 196, whatever the map size.
+    np.testing.assert_allclose(attention_fusion_per_image(a, b).numpy(), [sum(squared) / 196], rtol=1e-6)
     np.testing.assert_allclose(attention_fusion_per_image(a, 2 * a).numpy(), [0.0], atol=1e-7)
     zero = np.zeros_like(a)  # the trap: two all-zero maps also give 0, with finite gradients
     z = tf.Variable(zero)
@@ -89,8 +91,26 @@ def test_fusion_loss_equals_hand_computed_mean_and_sum_and_is_zero_for_identical
         attention_fusion_per_image(a, b, "max")
 
 
+def test_beta_weighs_the_fusion_loss_per_position_at_every_map_size_as_at_the_papers():
+    """The same two pictures at 7x7, 14x14 and 28x28: the reference loss is the same, beta / 196 per unit of summed
+    squared difference; the mean over the run's own positions is not (beta / (h w))."""
+    yy, xx = np.mgrid[0:28, 0:28] / 27.0
+    a, b = np.exp(-((xx - 0.3) ** 2 + (yy - 0.4) ** 2) * 8), np.exp(-((xx - 0.6) ** 2 + (yy - 0.5) ** 2) * 8)
+
+    def at(side):
+        resize = lambda m: tf.image.resize(m[None, ..., None], (side, side), "area")[..., 0]  # noqa: E731
+        return {r: float(attention_fusion_per_image(resize(a), resize(b), r)[0]) for r in ("reference", "sum", "mean")}
+
+    small, paper, large = at(7), at(14), at(28)
+    assert paper["reference"] == pytest.approx(paper["mean"], rel=1e-6)  # the paper's mean at its own size
+    for other in (small, large):
+        assert other["reference"] == pytest.approx(paper["reference"], rel=0.05)
+        assert other["reference"] == pytest.approx(other["sum"] / 196, rel=1e-6)
+    assert large["mean"] < paper["mean"] / 3 and small["mean"] > paper["mean"] * 3  # what the old default did
+
+
 def test_the_model_uses_its_fusion_reduction():
-    mean_model, x, y = model_and_batch(9)
+    mean_model, x, y = model_and_batch(9, fusion_reduction="mean")
     sum_model, _, _ = model_and_batch(9, fusion_reduction="sum")
     side = mean_model.backbone.output["high"].shape[1]
     _, mean_parts, _ = mean_model.compute_losses(x, y, training=False)

@@ -150,7 +150,7 @@ def fingerprint(split: Split, image_size: int) -> str:
 
 
 def check_image_files(split: Split, name: str, limit: int = 5) -> None:
-    """Every image file of ``split`` exists, decodes the way the pipeline decodes it, and has the size its metadata says.
+    """Every image file of ``split`` exists, decodes as the pipeline decodes it, and has the size its metadata says.
 
     Raises :class:`~keras_wsol.data.metadata.MetadataError` listing up to
     ``limit`` problems, each naming its file, before any training starts.

@@ -17,8 +17,11 @@ Section 3 of the paper, read as follows where it leaves a choice open:
   the teacher in Eq. 4 by default (``detach_teacher``): its map is a
   constant, as ``S1``'s softmax is the teacher of ``S2`` in Eq. 6; with
   ``detach_teacher=False`` the distance moves ``S2`` too. The mask of Eq. 3
-  is a constant either way (it selects and weighs pixels). Eq. 4 is
-  averaged over pixels and weighted by ``int_weight`` (1: the paper's Eq. 7).
+  is a constant either way (it selects and weighs pixels). Eq. 4 sums over
+  pixels: by default (``int_reduction="reference"``) its value is the sum the
+  paper's 28 x 28 maps give for the same picture (the pixel mean x 784), so
+  ``int_weight`` (1: the paper's Eq. 7) means the same at any map size; the
+  pixel mean, the earlier reading, made L_int 1/784 of the paper's.
   Eq. 7's ``1 / w0`` is read as a weight ``w0`` that *multiplies*
   ``L_int + L_adn``, rising linearly from 0 to 1 over ``ramp_steps``
   optimizer steps (``1 / w0`` would explode at 0).
@@ -42,7 +45,8 @@ Section 3 of the paper, read as follows where it leaves a choice open:
 * **Inference** (Section 3.2): the predicted class comes from ``y1`` (the
   model's logits); its maps from both classifiers are min-max normalized
   and combined at feature resolution by ``fusion``: the element-wise max
-  (ACoL's fusion) or the mean (``s1``/``s2``: one map alone, an ablation);
+  (ACoL's fusion), the mean or the min (a consensus, as Sec. 3.2 describes
+  the fusion) (``s1``/``s2``: one map alone, an ablation);
   ``localization_maps`` resizes that.
 
 Example:
@@ -65,13 +69,20 @@ from keras import ops
 from keras_wsol.backbones import TAPS, build_backbone, resolution_keeping_taps
 from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import Preprocess
-from keras_wsol.losses import adn_per_image, confidence_mask, inter_sample_per_image, interaction_per_image, linear_ramp
+from keras_wsol.losses import (
+    POSITION_REDUCTIONS,
+    adn_per_image,
+    confidence_mask,
+    inter_sample_per_image,
+    interaction_per_image,
+    linear_ramp,
+)
 from keras_wsol.maps import class_channel, minmax_normalize, predicted_where_negative
 from keras_wsol.methods.base import WSOLModel, restoring
 from keras_wsol.methods.hyperparameters import HyperParameter
 
 INTER_NETS = ("auto", "imagenet", "small", *TAPS)
-FUSIONS = ("max", "mean", "s1", "s2")
+FUSIONS = ("max", "mean", "min", "s1", "s2")
 
 
 def _pointwise_head(in_channels: int, channels: int, name: str) -> keras.Sequential:
@@ -171,9 +182,11 @@ class CAMs2i(WSOLModel):
         HyperParameter(
             "fusion",
             "max",
-            "how S1's and S2's min-max normalized maps are combined at inference: element-wise max or mean; "
-            "s1 or s2 takes one classifier's map alone (an ablation)",
-            "ACoL (the paper's template) takes the max; the paper says only 'combined after normalization'",
+            "how S1's and S2's min-max normalized maps are combined at inference: element-wise max, mean or min "
+            "(a consensus); s1 or s2 takes one classifier's map alone (an ablation)",
+            "ACoL (the paper's cited template, models/vgg/vgg_v1.py get_localization_maps) takes the max; the "
+            "paper's Sec. 3.2 says the fusion keeps the pixels both CAMs are confident in and removes ambiguous "
+            "ones, a consensus (min or mean)",
             choices=FUSIONS,
         ),
         HyperParameter(
@@ -182,6 +195,15 @@ class CAMs2i(WSOLModel):
             "weight of L_int (Eq. 4) inside w0 (L_int + L_adn)",
             "paper Eq. 7 (no weight, i.e. 1)",
             minimum=0,
+        ),
+        HyperParameter(
+            "int_reduction",
+            "reference",
+            "how Eq. 4 reduces over map pixels: reference (its sum at the paper's 28x28 maps, for the same "
+            "picture at any map size: the pixel mean x 784), sum (over this run's pixels) or mean",
+            "paper Eq. 4 sums over pixels; the paper's maps are 28x28 (VGG16 with pool4 and pool5 at stride 1, "
+            "ACoL's models/vgg/vgg_v1.py cfg D1, which Sec. 4.1 builds on)",
+            choices=POSITION_REDUCTIONS,
         ),
         HyperParameter(
             "detach_teacher",
@@ -267,6 +289,7 @@ class CAMs2i(WSOLModel):
         fused = {
             "max": lambda: ops.maximum(m1, m2),
             "mean": lambda: (m1 + m2) / 2.0,
+            "min": lambda: ops.minimum(m1, m2),
             "s1": lambda: m1,
             "s2": lambda: m2,
         }
@@ -310,7 +333,9 @@ class CAMs2i(WSOLModel):
         w0 = linear_ramp(self.optimizer.iterations, self.ramp_steps)
         parts = {
             "ce_s2": self.classification_loss(labels, y2),
-            "int": replica_mean(interaction_per_image(student, teacher, tf.stop_gradient(confidence_mask(teacher)))),
+            "int": replica_mean(
+                interaction_per_image(student, teacher, tf.stop_gradient(confidence_mask(teacher)), self.int_reduction)
+            ),
             "adn": replica_mean(adn_per_image(y1, y2)),
             "w0": w0,
         }

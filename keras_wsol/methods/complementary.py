@@ -29,10 +29,14 @@ Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
   comes from its own classifier's weights (Eq. 13, no bias).
 * **Loss** (Eq. 15): ``CE(y, p_x) + CE(y, p_x~) + beta * L_at_fuse``
   (Eq. 14, ``beta = 50``; 0 drops it), per-image values averaged over the
-  global batch. Eq. 14 is averaged over the map's positions, as the
-  attention-transfer code it is taken from does (``fusion_reduction``; the
-  sum is the other reading: at 12x12 maps it weighs 144 times more, and at
-  ``beta = 50`` the maps never leave chance). An all-zero or
+  global batch. Eq. 14 is reduced so that ``beta`` weighs it at every map
+  size as at the paper's 14 x 14 (``fusion_reduction="reference"``: the
+  sum over positions / 196, which is the mean over positions the
+  attention-transfer code takes, at the paper's size;
+  :func:`~keras_wsol.losses.attention_fusion_per_image`). The mean over the
+  run's own positions (the earlier default) weighs ``beta / (h w)``: 0.78
+  at Lite0's 8 x 8, 0.064 at 28 x 28; the plain sum weighs ``beta``, and at
+  ``beta = 50`` the maps never leave chance. An all-zero or
   input-independent map also minimizes Eq. 14; the two cross-entropies keep
   the maps input-dependent, and the logged ``fusion`` part shows it. The
   all-zero maps are reached when the aggregation's ReLU dies: on
@@ -65,7 +69,7 @@ from keras import ops
 from keras_wsol.backbones import pretrained
 from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
-from keras_wsol.losses import FUSION_REDUCTIONS, attention_fusion_per_image
+from keras_wsol.losses import POSITION_REDUCTIONS, attention_fusion_per_image
 from keras_wsol.maps import class_channel
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
@@ -117,11 +121,13 @@ class Complementary(WSOLModel):
         ),
         HyperParameter(
             "fusion_reduction",
-            "mean",
-            "how Eq. 14 reduces over map positions: mean (beta weighs it as in the paper's Table 5) or sum",
-            "attention transfer's code (the paper's source for the loss) averages over positions; the paper "
-            "writes no reduction",
-            choices=FUSION_REDUCTIONS,
+            "reference",
+            "how Eq. 14 reduces over map positions: reference (the sum / 196, the paper's 14x14 mean: beta weighs "
+            "the same at every map size), mean (over this run's positions: beta / (h w)) or sum",
+            "attention transfer's code (the paper's source for the loss) averages over positions, at the paper's "
+            "14x14 maps (VGG16 cut after conv5-3, Sec. 4) the sum / 196; a sum of unit-vector differences does "
+            "not grow with the map, so the reference keeps beta's weight at any size",
+            choices=POSITION_REDUCTIONS,
         ),
         HyperParameter(
             "aggregation",

@@ -12,16 +12,21 @@ Every batch holds N classes x S images, consecutive by set
   bilinearly to the input; ``f = GAP(B*(I * H))`` and ``f_o = GAP(B*(I))`` (a
   constant); ``L = lambda_crr * CRR + lambda_frr * FRR`` (Eq. 2, 3, 5).
   Gradients reach the classifier kernel only through ``H``; only the kernel
-  is stepped. By default (``stage2_regime="shared"``, the official code) the
-  run's optimizer steps it: stage II shares stage I's momentum and schedule,
-  and with SGD its step is proportional to the CRR/FRR gradient, so lambda
-  weighs them against the cross-entropy. ``"shared_zero_grads"`` adds what the
-  official code did under PyTorch 1.x, where ``zero_grad`` leaves zero
-  gradients: the same step also decays every other weight and replays its
-  momentum. ``"separate"`` is the paper's reading: an optimizer of its own
-  (a fresh copy of the run's, or ``make_optimizer(stage2_kind,
-  stage2_learning_rate)``), so no weight decay or momentum touches the frozen
-  weights.
+  is stepped. The official code steps both stages with its one optimizer
+  (train.py:251-254, 343, 360); under the PyTorch 1.x it was written for,
+  ``zero_grad`` leaves zero gradients, so its second ``step()`` also decays
+  every other weight and replays its momentum: that is
+  ``stage2_regime="shared_zero_grads"``. The default, ``"shared"``, is the
+  same code under PyTorch 2 (``zero_grad`` sets gradients to None): the run's
+  optimizer steps the kernel alone, with stage I's momentum and schedule.
+  With SGD the step is proportional to the CRR/FRR gradient; with Adam a
+  stage-II step of any size moves the kernel by about one Adam step of the
+  replayed momentum, whatever lambda is, so compare MinMaxCAM against its
+  control, both lambdas 0 (the same two steps a batch), not only against
+  CAM. ``"separate"`` is the paper's reading: an optimizer of its own (a
+  fresh copy of the run's, or ``make_optimizer(stage2_kind,
+  stage2_learning_rate)``), so no weight decay or momentum touches the
+  frozen weights.
 * **Optimizer**: the run's own (CAM's), shared by both stages. With
   ``official_optimizer`` the run trains with the official code's SGD
   (Nesterov 0.9, coupled decay 5e-4, the learning rate divided by 10 at 1/4
@@ -40,8 +45,9 @@ Choices the paper leaves open, taken from the official code: ``I * H`` is
 applied to the tensor the backbone sees after its preprocessing (a masked
 pixel becomes the preprocessing's zero point, see ``WSOLModel.mask_images``);
 the squared distances are averaged over feature channels (``MSELoss``);
-CRR and FRR are averaged over the sets of the batch. A later
-reimplementation used 12 sets and lambda_frr = 10.
+CRR and FRR are averaged over the sets of the batch. The paper's own settings:
+N = 12 sets of S = 5 (Sec. 4.1; N = 10 with ResNet50), and lambda_frr = 10 is the
+peak of its Fig. 6 ablation on VGG16 (the official code's defaults are 1 and 1).
 
 Example:
     >>> import numpy as np, keras
@@ -103,7 +109,9 @@ class MinMaxCAM(WSOLModel):
             "kernel alone stepped); shared_zero_grads = the same, and every other weight stepped with a zero "
             "gradient (decay and momentum replayed, PyTorch 1.x zero_grad); separate = an optimizer of its own "
             "(the paper's reading: nothing else decays or carries momentum)",
-            "official train.py:251-254, 343, 360: one optimizer.step() for both stages",
+            "official train.py:251-254, 343, 360: one optimizer.step() for both stages; run under PyTorch 2 "
+            "(zero_grad sets gradients to None) it steps only the kernel, which is shared; under the PyTorch 1.x "
+            "it was written for it is shared_zero_grads (REPRODUCE.md's recipe)",
             choices=("shared", "shared_zero_grads", "separate"),
         ),
         HyperParameter(

@@ -213,8 +213,8 @@ class ORNet(WSOLModel):
         HyperParameter(
             "evaluator_mask",
             "squashed",
-            "stage 2: in training the evaluator sees I * up(0.6 p + 0.2) (squashed, official) or I * up(p) "
-            "(raw, the paper's Eq. 9); erased pixels are 0 in either",
+            "stage 2, with erasing: in training the evaluator sees I * up(0.6 p + 0.2) (squashed, official) or "
+            "I * up(p) (raw, the paper's Eq. 9); erased pixels are 0 in either; without erasing always raw",
             "official models/erasing.py and model.py (the map passed to the evaluator)",
             choices=EVALUATOR_MASKS,
         ),
@@ -467,10 +467,12 @@ class ORNetRefinement(ORNet):
         return self.evaluator(masked, training=False)
 
     def training_mask(self, p_a) -> tf.Tensor:
-        """The map the evaluator sees in training: ``p^a`` or ``0.6 p^a + 0.2`` (``evaluator_mask``), erased."""
-        shown = SQUASH_SCALE * p_a + SQUASH_SHIFT if self.evaluator_mask == "squashed" else p_a
+        """The map the evaluator sees in training: with erasing, ``0.6 p^a + 0.2`` or ``p^a`` (``evaluator_mask``)
+        with the erased pixels at 0; without erasing the raw ``p^a`` of Eq. 9 (the official squash lives inside
+        its attentive erasing, models/erasing.py, so no source squashes a map it does not erase)."""
         if not self.erasing:
-            return shown
+            return p_a
+        shown = SQUASH_SCALE * p_a + SQUASH_SHIFT if self.evaluator_mask == "squashed" else p_a
         if self.erasing_recipe == "official":
             min_half = max(1, round(self.erase_min_half * int(p_a.shape[2]) / 56))  # official: at a 56-pixel map
             dropped, _ = official_attentive_erasing(
