@@ -253,7 +253,7 @@ def test_a_metadata_folder_gives_the_numbers_of_the_in_memory_split(workdir, tmp
         (  # a user's data flags without --dataset=folder: refused, not a silent run on the synthetic benchmark
             ["--data_root=mine", "--metadata_root=mine"],
             "--data_root is read by --dataset=folder or imagenet only, and this run has --dataset=synthetic: "
-            "give --dataset=folder (your own photos: --dataset=folder), or drop --data_root",
+            "give --dataset=folder or --dataset=imagenet, or drop --data_root",
         ),
         (["--dataset=folder", "--num_classes=3"], "--num_classes is read by --dataset=synthetic only"),
         (["--dataset=cub", "--metadata_root=x"], "--metadata_root is read by --dataset=folder or imagenet only"),
@@ -403,6 +403,12 @@ def test_data_problems_are_refused_before_training_and_nothing_is_written(tmp_pa
         "test split: 1 image file(s) with problems" in result.stderr and "image_sizes.txt says 64x48" in result.stderr
     )
     assert not os.path.exists(tmp_path / "run")  # no flags.txt, no checkpoints
+
+
+def test_a_data_error_prints_the_error_not_the_flag_help(tmp_path):
+    result = run("train.py", f"--workdir={tmp_path}", "--data_root=mine")
+    assert result.returncode == 2 and "train.py: error: --data_root is read by" in result.stderr
+    assert "--batch_size" not in result.stderr and len(result.stderr.splitlines()) < 30  # absl's help: ~450 lines
 
 
 def test_a_jpeg_cut_short_is_named_before_any_model_is_built(tmp_path):

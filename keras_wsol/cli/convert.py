@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags
 
+from keras_wsol.cli.flags import errors_without_help
 from keras_wsol.data import convert as convert_lib
 from keras_wsol.data import sources
 
@@ -82,7 +83,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Entry point of ``convert.py`` and ``wsol-convert``."""
     define_convert_flags()
-    app.run(main)
+    app.run(errors_without_help(main))
 
 
 if __name__ == "__main__":

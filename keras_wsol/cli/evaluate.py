@@ -411,7 +411,7 @@ def run(argv: list[str] | None = None) -> None:
     """The evaluate command: define the flags, parse ``argv``, run the mode they ask for."""
     define_evaluate_flags()
     wsol_flags.show_in_help(__name__, wsol_flags.__name__)
-    app.run(main, argv=argv, flags_parser=wsol_flags.parse_flags)
+    app.run(wsol_flags.errors_without_help(main), argv=argv, flags_parser=wsol_flags.parse_flags)
 
 
 if __name__ == "__main__":

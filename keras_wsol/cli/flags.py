@@ -14,6 +14,7 @@ import copy
 import functools
 import os
 import sys
+from typing import Callable
 
 from absl import app, flags, logging
 
@@ -47,6 +48,20 @@ def show_in_help(*modules: str) -> None:
     for module in modules:
         for flag in FLAGS.get_flags_for_module(module):
             FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def errors_without_help(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """``main`` whose ``app.UsageError`` prints ``PROGRAM: error: MESSAGE`` and exits 2, instead of absl's whole flag
+    help before the one line that matters (``--help`` shows the help)."""
+
+    def wrapped(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except app.UsageError as error:
+            print(f"{os.path.basename(argv[0])}: error: {error}\n(--help lists the flags)", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -207,10 +222,9 @@ def load_split(split: str):
 
     for name, readers in SOURCE_FLAGS.items():
         if FLAGS[name].present and FLAGS.dataset not in readers:
-            hint = " (your own photos: --dataset=folder)" if "folder" in readers else ""
             raise app.UsageError(
                 f"--{name} is read by --dataset={' or '.join(readers)} only, and this run has --dataset="
-                f"{FLAGS.dataset}: give --dataset={readers[0]}{hint}, or drop --{name}"
+                f"{FLAGS.dataset}: give --dataset={' or --dataset='.join(readers)}, or drop --{name}"
             )
 
     if FLAGS.dataset == "synthetic":
