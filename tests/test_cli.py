@@ -405,6 +405,16 @@ def test_data_problems_are_refused_before_training_and_nothing_is_written(tmp_pa
     assert not os.path.exists(tmp_path / "run")  # no flags.txt, no checkpoints
 
 
+def test_normalized_boxes_are_refused_naming_the_flag_before_training(tmp_path):
+    flags = folder_flags(tmp_path / "bench")
+    boxes = tmp_path / "bench" / "metadata" / "test" / "localization.txt"
+    lines = [line.split(",") for line in boxes.read_text().split()]
+    boxes.write_text("".join(f"{p[0]},{','.join(f'{float(v) / 40:g}' for v in p[1:])}\n" for p in lines))
+    result = run("train.py", f"--workdir={tmp_path}/run", *TRAINING, *flags)
+    assert result.returncode == 2 and "every box coordinate lies in [0, 1]" in result.stderr
+    assert "--boxes_normalized" in result.stderr and not os.path.exists(tmp_path / "run")
+
+
 def test_a_data_error_prints_the_error_not_the_flag_help(tmp_path):
     result = run("train.py", f"--workdir={tmp_path}", "--data_root=mine")
     assert result.returncode == 2 and "train.py: error: --data_root is read by" in result.stderr

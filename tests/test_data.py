@@ -154,3 +154,18 @@ def test_the_cache_fingerprint_changes_when_the_files_or_labels_change(tmp_path)
     path = tmp_path / "images" / data.image_ids[0]
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # the file was replaced
     assert current() != first
+
+
+def test_boxes_that_look_normalized_are_refused_or_scaled_with_the_flag():
+    images = np.zeros((2, 40, 40, 3), np.uint8)
+    split = splits.Split.from_arrays(images, np.array([0, 1]), boxes=[[0.1, 0.25, 0.5, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    with pytest.raises(
+        metadata.MetadataError, match=r"test split: every box coordinate lies in \[0, 1\].*--boxes_norm"
+    ):
+        splits.pixel_boxes(split, "test", normalized=False)
+    scaled = splits.pixel_boxes(split, "test", normalized=True)
+    assert scaled.boxes[0].tolist() == [[4.0, 10.0, 19.0, 39.0]] and scaled.boxes[1].tolist() == [
+        [0.0, 0.0, 39.0, 39.0]
+    ]
+    pixels = splits.Split.from_arrays(images, np.array([0, 1]), boxes=[[1, 2, 30, 39], [0, 0, 1, 1]])
+    assert splits.pixel_boxes(pixels, "test", normalized=False) is pixels  # one box beyond 1 px: pixels

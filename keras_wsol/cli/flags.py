@@ -40,6 +40,7 @@ SOURCE_FLAGS = {
     "metadata_root": ("folder", "imagenet"),
     "mask_root": ("folder", "imagenet"),
     "mask_metadata_root": ("folder", "imagenet"),
+    "boxes_normalized": ("folder", "imagenet"),
 }
 
 
@@ -170,6 +171,12 @@ def define_data_flags() -> None:
         "masks for a box dataset's images (e.g. CUB segmentations), for PxAP; a split without a folder there "
         "(often train and val) is scored on its boxes alone.",
     )
+    flags.DEFINE_boolean(
+        "boxes_normalized",
+        False,
+        "folder: localization.txt's boxes are fractions of the image's width and height in [0, 1], not pixels "
+        "(x0 * W, y0 * H, x1 * W - 1, y1 * H - 1 are used); without it such boxes are refused",
+    )
     DATA_FLAGS.extend(sorted(set(FLAGS) - before))
     flags.DEFINE_string(
         "cache",
@@ -201,13 +208,14 @@ def _metadata_split(split: str, localization: bool = True):
             logging.info("--mask_metadata_root has no %s folder: the %s split is scored on boxes alone", split, split)
             mask_split = None
     try:
-        return splits.metadata_split(
+        loaded = splits.metadata_split(
             FLAGS.data_root,
             os.path.join(FLAGS.metadata_root, split),
             FLAGS.mask_root,
             mask_split,
             localization=localization,
         )
+        return splits.pixel_boxes(loaded, split, FLAGS.boxes_normalized)
     except metadata.MetadataError as error:
         raise app.UsageError(f"--metadata_root={FLAGS.metadata_root}: {error}") from None
 

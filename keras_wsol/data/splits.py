@@ -206,6 +206,35 @@ def check_image_files(split: Split, name: str, limit: int = 5) -> None:
         )
 
 
+def pixel_boxes(split: Split, name: str, normalized: bool) -> Split:
+    """``split`` with its boxes in pixels: scaled from fractions when ``normalized``; refused when they look normalized.
+
+    Boxes whose every coordinate lies in [0, 1] on images larger than 2 px
+    are almost surely fractions of the image (YOLO, some exports): scored as
+    pixels they give every method, ``full_image`` included, 0. Refused with
+    a message naming the way out, ``--boxes_normalized``.
+
+    Example:
+        >>> import numpy as np
+        >>> split = Split.from_arrays(np.zeros((1, 10, 10, 3), np.uint8), np.array([0]), boxes=[[0.1, 0.2, 0.5, 1.0]])
+        >>> pixel_boxes(split, "test", normalized=True).boxes[0].tolist()
+        [[1.0, 2.0, 4.0, 9.0]]
+    """
+    if not split.has_boxes or not len(split.boxes):
+        return split
+    if normalized:
+        scale = [np.array([w, h, w, h], np.float64) * b - [0, 0, 1, 1] for b, (w, h) in zip(split.boxes, split.sizes)]
+        return dataclasses.replace(split, boxes=[np.maximum(s, 0.0) for s in scale])
+    largest = max(float(np.max(b)) for b in split.boxes if len(b))
+    if largest <= 1.0 and int(split.sizes.min()) > 2:
+        raise metadata_lib.MetadataError(
+            f"{name} split: every box coordinate lies in [0, 1] (largest {largest:g}) on images of "
+            f"{int(split.sizes.min())} px and more: these look like fractions of the image, and boxes are pixels "
+            "(docs/DATA.md). Give --boxes_normalized to scale them, or convert the source (convert.py)"
+        )
+    return split
+
+
 def check_splits(splits: dict[str, Split]) -> None:
     """The splits of one run agree: none empty, every training class has images, no other split has a class beyond.
 
