@@ -264,3 +264,8 @@ def test_a_converted_folder_trains_and_evaluates_through_the_folder_dataset(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(tmp_path / "run" / "eval_test" / "metrics.json"))["model"]
     assert metrics["num_images"] == 6 and 0 <= metrics["MaxBoxAccV2"] <= 100
+    # The run's class_names.txt names the classes of --images.
+    photo = root / "val" / "images" / "val_0.JPEG"
+    result = run("evaluate.py", f"--workdir={tmp_path}/run", f"--images={photo}", f"--output_dir={tmp_path}/img")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "goldfish (0)" in result.stdout and "tabby (1)" in result.stdout

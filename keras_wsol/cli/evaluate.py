@@ -157,7 +157,7 @@ def localize_images(options: dict) -> None:
         if not (FLAGS.workdir or FLAGS.checkpoint):
             raise app.UsageError("--images needs --imagenet=NETWORK, --workdir or --checkpoint")
         model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
-        names = None
+        names = run_class_names(FLAGS.workdir or checkpoint_workdir(checkpoint), model.num_classes)
         out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), "images")
     try:
         localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
@@ -211,6 +211,23 @@ def run_data_flags(workdir: str) -> dict[str, str]:
         if name in wsol_flags.DATA_FLAGS:
             values[name] = value
     return values
+
+
+def run_class_names(workdir: str | None, num_classes: int) -> list[str] | None:
+    """The class names of a run's metadata folder (``class_names.txt``, which convert.py writes), or None.
+
+    A file whose line count is not the model's class count is refused: the
+    names would be shifted.
+    """
+    root = run_data_flags(workdir).get("metadata_root") if workdir else None
+    path = os.path.join(root, "class_names.txt") if root else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8-sig") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) != num_classes:
+        raise app.UsageError(f"{path}: {len(names)} names for a model of {num_classes} classes")
+    return names
 
 
 def run_data(workdir: str) -> dict:
