@@ -468,6 +468,18 @@ def test_rerunning_a_finished_command_changes_nothing_and_other_flags_are_refuse
     assert snapshot(copy) == before  # flags.txt is not rewritten by a refused command
 
 
+def test_a_split_rewritten_at_the_same_path_is_refused_not_scored_as_trained(tmp_path):
+    flags = folder_flags(tmp_path / "bench")
+    result = run("train.py", f"--workdir={tmp_path}/run", *TRAINING, "--epochs=1", "--noevaluate", *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels = tmp_path / "bench" / "metadata" / "test" / "class_labels.txt"
+    lines = labels.read_text().split()
+    labels.write_text("".join(f"{line[:-1]}{(int(line[-1]) + 1) % 3}\n" for line in lines))  # another test split
+    again = run("train.py", f"--workdir={tmp_path}/run", *TRAINING, "--epochs=1", *flags)
+    assert again.returncode == 2 and "test split contents: " in again.stderr, again.stderr[-2000:]
+    assert "trained already" not in again.stdout and not os.path.exists(tmp_path / "run" / "eval_test")
+
+
 def test_a_crash_in_the_final_evaluation_resumes_without_retraining(workdir, tmp_path):
     import shutil
 

@@ -123,14 +123,18 @@ IDENTITY_FLAGS = ("method", "backbone", "image_size", "head_channels", "weights"
 RUN_FILES = ("run.json", "flags.txt", "backup", "checkpoints", "log.csv", "tensorboard", "eval_test")
 
 
-def run_identity() -> dict[str, str]:
-    """The run's data, method and architecture: each identity flag's value (defaults included), by name."""
+def run_identity(data: dict) -> dict[str, str]:
+    """The run's data, method and architecture: each identity flag's value (defaults included), by name, and a
+    digest of each split's contents (``"<split> split contents"``), so that data rewritten at the same paths is not
+    taken for the data a checkpoint was trained on."""
+    from keras_wsol.data.splits import content_digest
     from keras_wsol.methods import get_method
     from keras_wsol.methods.hyperparameters import flag_name
 
     names = [*wsol_flags.DATA_FLAGS, *IDENTITY_FLAGS]
     names += [name for p in get_method(FLAGS.method).hyperparameters if (name := flag_name(FLAGS.method, p))]
-    return {name: str(FLAGS[name].value) for name in sorted(set(names)) if name in FLAGS}
+    identity = {name: str(FLAGS[name].value) for name in sorted(set(names)) if name in FLAGS}
+    return identity | {f"{name} split contents": content_digest(split) for name, split in data.items()}
 
 
 def previous_run(workdir: str, identity: dict[str, str]) -> str | None:
@@ -153,7 +157,8 @@ def previous_run(workdir: str, identity: dict[str, str]) -> str | None:
         previous = json.load(f)
     theirs = previous["identity"]
     differ = [
-        f"--{name}: {theirs.get(name, '(not set)')} there, {identity.get(name, '(not set)')} here"
+        f"{name if ' ' in name else '--' + name}: {theirs.get(name, '(not set)')} there, "
+        f"{identity.get(name, '(not set)')} here"
         for name in sorted(set(theirs) | set(identity))
         if theirs.get(name) != identity.get(name)
     ]
@@ -316,7 +321,7 @@ def main(argv: list[str]) -> None:
     workdir = FLAGS.workdir if chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
     data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
     wsol_flags.check_data(data)  # before anything is written or trained
-    identity = run_identity()
+    identity = run_identity(data)
     if FLAGS.overwrite and chief:
         remove_run(FLAGS.workdir)
     state = previous_run(FLAGS.workdir, identity)
