@@ -263,7 +263,7 @@ def load_split(split: str):
     return _metadata_split(split, localization=split != "train")
 
 
-def _data_source() -> str:
+def data_source() -> str:
     """The flags that say where the data comes from, for error messages."""
     if FLAGS.dataset in ("folder", "imagenet"):
         return f"--data_root={FLAGS.data_root} --metadata_root={FLAGS.metadata_root}"
@@ -288,7 +288,7 @@ def check_data(data: dict, num_classes: int | None = None) -> None:
                 )
             splits.check_image_files(split, name)
     except ValueError as error:
-        raise app.UsageError(f"{_data_source()}: {error}") from None
+        raise app.UsageError(f"{data_source()}: {error}") from None
 
 
 def define_model_flags() -> None:

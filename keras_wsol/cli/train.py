@@ -133,7 +133,8 @@ def run_identity(data: dict) -> dict[str, str]:
 
     names = [*wsol_flags.DATA_FLAGS, *IDENTITY_FLAGS]
     names += [name for p in get_method(FLAGS.method).hyperparameters if (name := flag_name(FLAGS.method, p))]
-    identity = {name: str(FLAGS[name].value) for name in sorted(set(names)) if name in FLAGS}
+    own_source = lambda name: FLAGS.dataset in wsol_flags.SOURCE_FLAGS.get(name, (FLAGS.dataset,))  # noqa: E731
+    identity = {name: str(FLAGS[name].value) for name in sorted(set(names)) if name in FLAGS and own_source(name)}
     return identity | {f"{name} split contents": content_digest(split) for name, split in data.items()}
 
 
@@ -338,6 +339,14 @@ def main(argv: list[str]) -> None:
             evaluate_test(data["test"], identity)
         return
     train = data["train"]
+    if chief:
+        sizes = ", ".join(f"{name} {len(split)}" for name, split in data.items())
+        print(
+            f"Data: {wsol_flags.data_source()}: {train.num_classes} classes; images {sizes} (checked: metadata, "
+            f"every image decoded). Model: --method={FLAGS.method} --backbone={FLAGS.backbone} --weights="
+            f"{FLAGS.weights} --image_size={FLAGS.image_size}; {FLAGS.epochs} epochs"
+            + (" (resuming from the last finished epoch in backup/)" if state == "training" else "")
+        )
     model = build_model(train, strategy)
     if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
         distribute.synchronize_batch_norm(model)
