@@ -193,3 +193,20 @@ def test_the_official_optimizer_is_an_option_and_the_runs_optimizer_the_default(
     assert MinMaxCAM(num_classes=3, backbone="small", image_size=32).optimizer_settings() == {}
     with pytest.raises(ValueError, match="stage2_optimizer is for stage2_regime='separate'"):
         model.compile(optimizer="sgd", stage2_optimizer="sgd")
+
+
+def test_with_both_lambdas_zero_a_step_is_its_control_cams_step_plus_a_zero_gradient_kernel_step():
+    """The control run (--minmaxcam_lambda_crr=0 --minmaxcam_lambda_frr=0) is CAM's cross-entropy step and then the
+    shared Adam stepping the kernel on a zero gradient: it moves, by the replayed moments, whatever lambda is; so
+    MinMaxCAM's gain is measured against this control, not only against CAM."""
+    adam = lambda: keras.optimizers.Adam(1e-2)  # noqa: E731
+    model, x, y = shared_model(5, optimizer=adam(), lambda_crr=0.0, lambda_frr=0.0)
+    control, _, _ = shared_model(5, optimizer=adam(), lambda_crr=0.0, lambda_frr=0.0)
+    control.set_weights(model.get_weights())
+    model.train_on_batch(x, y)
+    control.stage1_step(x, y)  # CAM's step: cross-entropy, every weight
+    after_ce = control.classifier.kernel.numpy().copy()
+    control.optimizer.apply([tf.zeros_like(control.classifier.kernel)], [control.classifier.kernel])
+    for ours, theirs in zip(model.weights, control.weights):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=2e-5, err_msg=ours.path)
+    assert np.abs(control.classifier.kernel.numpy() - after_ce).max() > 1e-4  # the zero-gradient step moved it
