@@ -269,3 +269,22 @@ def test_a_converted_folder_trains_and_evaluates_through_the_folder_dataset(tmp_
     result = run("evaluate.py", f"--workdir={tmp_path}/run", f"--images={photo}", f"--output_dir={tmp_path}/img")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "goldfish (0)" in result.stdout and "tabby (1)" in result.stdout
+
+
+def test_voc_folders_named_loosely_as_real_sets_name_them(tmp_path):
+    """annots/ and images/ (lower case), a <filename> without extension, one with another name, a .JPG file, and
+    an ImageSets list that leaves an image out."""
+    (tmp_path / "annots").mkdir()
+    (tmp_path / "images").mkdir()
+    for stem, suffix in (("k1", ".jpg"), ("k2", ".JPG"), ("k3", ".jpg"), ("k4", ".jpg")):
+        noise(20, 10).save(tmp_path / "images" / f"{stem}{suffix}", format="JPEG")
+    for stem, filename in (("k1", "k1"), ("k2", "k2.jpg"), ("k3", "renamed.jpg"), ("k4", "k4.jpg")):
+        (tmp_path / "annots" / f"{stem}.xml").write_text(voc_xml(filename, [("roo", (1, 1, 20, 10))]))
+    source = convert.sources.read_voc(str(tmp_path))
+    assert [a.image for a in source.annotations] == ["images/k1.jpg", "images/k2.JPG", "images/k3.jpg", "images/k4.jpg"]
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    for split, stems in (("train", "k1\nk2\n"), ("val", "k3\n"), ("test", "k3\n")):
+        (tmp_path / "ImageSets" / "Main" / f"{split}.txt").write_text(stems)
+    result = convert.convert("voc", str(tmp_path), str(tmp_path / "out"))
+    assert "in none of the source's split lists; first: annots/k4.xml" in result.summary
+    assert lines(tmp_path / "out" / "train", "localization.txt") == ["images/k1.jpg,0,0,19,9", "images/k2.JPG,0,0,19,9"]

@@ -202,6 +202,9 @@ def _examples(source: sources.Source, keys: set[str], skips: _Skips, notes: coll
         if not annotation.objects:
             skips.add("no object", annotation.where)
             continue
+        if annotation.split == "unlisted":
+            skips.add("in none of the source's split lists", annotation.where)
+            continue
         if len(classes) > 1:
             skips.add("objects of several classes", annotation.where, ", ".join(sorted(classes)))
             continue

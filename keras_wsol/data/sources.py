@@ -124,20 +124,40 @@ def _voc_object(element: ET.Element, where: str) -> Object:
     return Object(name, tuple(c - 1 for c in corners), where)
 
 
-def read_voc(root: str) -> Source:
-    """A Pascal VOC folder: ``Annotations/*.xml``, images in ``JPEGImages/`` (or the XML's folder).
+def _voc_image(root: str, images_dir: str | None, xml_rel: str, filename: str) -> str:
+    """The image an XML file annotates, relative to ``root``: ``<filename>`` in the images folder or beside the
+    XML; else the XML's own stem (or a ``<filename>`` without extension) with an image suffix. Real sets name
+    files loosely (``<filename>`` without extension, or the name before a rename)."""
+    folders = [f for f in (images_dir, os.path.dirname(xml_rel)) if f is not None]
+    stems = [os.path.splitext(filename)[0], os.path.splitext(os.path.basename(xml_rel))[0]]
+    suffixes = IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)
+    candidates = [os.path.join(f, filename) for f in folders]
+    candidates += [os.path.join(f, s + suffix) for f in folders for s in stems for suffix in suffixes]
+    found = next((c for c in candidates if os.path.isfile(os.path.join(root, c))), None)
+    return found or candidates[0]
 
-    ``<filename>`` names the image; ``<size>`` is kept only as a hint
-    (real files say 0, or the size before an EXIF rotation). Splits come
-    from ``ImageSets/Main`` when it exists.
+
+def _child_folder(root: str, names: tuple[str, ...]) -> str | None:
+    """The first child folder of ``root`` whose lower-case name is one of ``names``."""
+    children = {c.lower(): c for c in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, c))}
+    return next((children[n] for n in names if n in children), None)
+
+
+def read_voc(root: str) -> Source:
+    """A Pascal VOC folder: every ``*.xml`` below ``root`` (``Annotations/``, ``annotations/``, ``annots/``, or
+    beside the images), images in ``JPEGImages/`` or ``images/`` (any case) or beside the XML.
+
+    ``<filename>`` names the image (:func:`_voc_image` when it is loose);
+    ``<size>`` is kept only as a hint (real files say 0, or the size before an
+    EXIF rotation). Splits come from ``ImageSets/Main`` when it exists; an
+    image in none of its lists gets the split ``"unlisted"`` (the converter
+    skips it, saying so).
     """
-    xml_files = sorted(glob.glob(os.path.join(root, "Annotations", "**", "*.xml"), recursive=True))
+    xml_files = sorted(glob.glob(os.path.join(root, "**", "*.xml"), recursive=True))
     if not xml_files:
-        xml_files = sorted(glob.glob(os.path.join(root, "*.xml")))
-    if not xml_files:
-        raise SourceError(f"{root}: no Annotations/*.xml (nor *.xml) files: not a Pascal VOC folder")
+        raise SourceError(f"{root}: no *.xml annotation files below it: not a Pascal VOC folder")
     splits = _voc_split_lists(root)
-    images_dir = "JPEGImages" if os.path.isdir(os.path.join(root, "JPEGImages")) else None
+    images_dir = _child_folder(root, ("jpegimages", "images", "imgs"))
     annotations, keys = [], set()
     for path in xml_files:
         rel = os.path.relpath(path, root)
@@ -148,7 +168,6 @@ def read_voc(root: str) -> Source:
         filename = (tree.findtext("filename") or "").strip()
         if not filename:
             raise SourceError(f"{rel}: <filename> is missing")
-        folder = images_dir if images_dir else os.path.dirname(rel)
         size = tree.find("size")
         stated = None
         if size is not None:
@@ -158,8 +177,11 @@ def read_voc(root: str) -> Source:
         objects = [_voc_object(o, f"{rel} <object> {k + 1}") for k, o in enumerate(tree.findall("object"))]
         keys.update(o.class_key for o in objects)
         stem = os.path.splitext(filename)[0]
-        split = splits.get(stem, splits.get(os.path.splitext(os.path.basename(path))[0])) if splits else None
-        annotations.append(Annotation(os.path.join(folder, filename), objects, rel, split, stated))
+        split = (
+            splits.get(stem, splits.get(os.path.splitext(os.path.basename(path))[0], "unlisted")) if splits else None
+        )
+        image = _voc_image(root, images_dir, rel, filename)
+        annotations.append(Annotation(image, objects, rel, split, stated))
     return Source(root, annotations, sorted(keys), {})
 
 
