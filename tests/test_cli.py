@@ -465,6 +465,8 @@ def test_rerunning_a_finished_command_changes_nothing_and_other_flags_are_refuse
     assert snapshot(copy) == before
     other = run("train.py", f"--workdir={copy}", *TINY, "--image_size=48")
     assert other.returncode != 0 and "--image_size: 40 there, 48 here" in other.stderr, other.stderr[-2000:]
+    longer = run("train.py", f"--workdir={copy}", *TINY, "--epochs=3")
+    assert longer.returncode == 2 and "--epochs=3: --workdir=" in longer.stderr and "after 2 epochs" in longer.stderr
     assert snapshot(copy) == before  # flags.txt is not rewritten by a refused command
 
 

@@ -169,12 +169,19 @@ def previous_run(workdir: str, identity: dict[str, str]) -> str | None:
             + "; ".join(differ)
             + "): pass --overwrite to replace it, or another --workdir"
         )
+    finished = previous["state"] in ("trained", "evaluated")
+    if finished and previous.get("epochs", FLAGS.epochs) != FLAGS.epochs:
+        raise app.UsageError(
+            f"--epochs={FLAGS.epochs}: --workdir={workdir} holds this run finished after {previous['epochs']} epochs, "
+            "and a finished run is not trained further (its schedule ended): pass --overwrite to train "
+            f"{FLAGS.epochs} epochs anew, or another --workdir"
+        )
     return previous["state"]
 
 
 def mark_run(workdir: str, identity: dict[str, str], state: str) -> None:
     """Record the run's identity and state in ``workdir/run.json`` (atomically)."""
-    write_json({"identity": identity, "state": state}, os.path.join(workdir, "run.json"))
+    write_json({"identity": identity, "state": state, "epochs": FLAGS.epochs}, os.path.join(workdir, "run.json"))
 
 
 def remove_run(workdir: str) -> None:
