@@ -56,6 +56,43 @@ def read_rgb(path: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot decode it as an image ({error.message.splitlines()[0]})") from None
 
 
+def expand_paths(entries: list[str]) -> list[str]:
+    """Files named by ``entries``: a file, a folder (its image files, sorted) or a glob pattern; each entry must
+    name at least one file (``ValueError`` names the entry).
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in ("b.png", "a.JPG", "notes.txt"):
+    ...     _ = open(os.path.join(folder, name), "w").write("x")
+    >>> [os.path.basename(p) for p in expand_paths([folder])]
+    ['a.JPG', 'b.png']
+    """
+    import glob
+
+    suffixes = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+    paths = []
+    for entry in entries:
+        if os.path.isdir(entry):
+            found = sorted(os.path.join(entry, n) for n in os.listdir(entry) if n.lower().endswith(suffixes))
+        else:
+            found = [entry] if os.path.isfile(entry) else sorted(glob.glob(entry))
+        if not found:
+            raise ValueError(f"{entry}: no such image file, folder with images, or matching pattern")
+        paths += found
+    return paths
+
+
+def _overlay_names(paths: list[str], output_dir: str, suffix: str) -> list[str]:
+    """``<output_dir>/<stem>_<suffix>.png`` per path; a stem already used gets ``_2``, ``_3``... (no overwrite)."""
+    names, seen = [], {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        unique = stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"
+        names.append(os.path.join(output_dir, f"{unique}_{suffix}.png"))
+    return names
+
+
 def _model_side(localizer: Localizer) -> int:
     """The square input side of the localizer's model (a WSOLModel's ``image_size``, else its input shape)."""
     model = localizer.model
@@ -84,7 +121,7 @@ def localize_files(
     side = _model_side(localizer)
     os.makedirs(output_dir, exist_ok=True)
     found = []
-    for path, image in images.items():
+    for (path, image), overlay in zip(images.items(), _overlay_names(list(images), output_dir, localizer.name)):
         batch = tf.image.resize(tf.cast(image[None], tf.float32), (side, side))
         maps, logits = localizer.raw_maps(batch)
         scoremap = upsample_normalized(maps, image.shape[:2]).numpy()[0]
@@ -92,11 +129,19 @@ def localize_files(
         order = np.argsort(-probabilities)[: min(top_k, len(probabilities))]
         top = [(int(k), class_names[k] if class_names else f"class {k}", float(probabilities[k])) for k in order]
         box = boxes_at_threshold(scoremap, threshold)[0]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        overlay = os.path.join(output_dir, f"{stem}_{localizer.name}.png")
         title = f"{top[0][1]} ({100 * top[0][2]:.1f}%)\n{localizer.name} at {localizer.layer}"
+        height, width = image.shape[:2]  # the photo at its own size (at least 2 inches a side, at most 12)
+        panel = (min(max(width, 200), 1200) / 100, min(max(height, 200), 1200) / 100 + 0.5)
         visualize.plot_overlays(
-            image[None], scoremap[None], [box[None]], [np.zeros((0, 4))], [title], overlay, threshold, "--box_threshold"
+            image[None],
+            scoremap[None],
+            [box[None]],
+            [np.zeros((0, 4))],
+            [title],
+            overlay,
+            threshold,
+            "--box_threshold",
+            panel,
         )
         found.append(Localization(path, top, box, threshold, overlay))
     return found

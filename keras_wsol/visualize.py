@@ -64,16 +64,20 @@ def plot_overlays(
     path: str,
     threshold: float | None = None,
     threshold_source: str = "",
+    panel: tuple[float, float] = (3.0, 3.0),
 ) -> None:
     """A grid of map overlays with predicted (red) and ground-truth (green) boxes, all in map pixels.
 
     A legend under the grid says what the colours are and the box
     threshold tau (with ``threshold_source``, where it came from).
+    ``panel`` is each picture's ``(width, height)`` in inches (100 pixels
+    an inch).
     """
     n = len(images)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(max(3 * cols, 5), 3 * rows), squeeze=False)  # room for the legend
+    width, height = panel
+    fig, axes = plt.subplots(rows, cols, figsize=(max(width * cols, 5), height * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, scoremap, pred, gt, title in zip(axes.ravel(), images, scoremaps, predicted_boxes, gt_boxes, titles):
@@ -86,7 +90,7 @@ def plot_overlays(
     handles = [plt.Rectangle((0, 0), 1, 1, fill=False, color=colour, lw=1.5) for colour, _ in legend]
     lines = 1 if cols > 1 else len(legend)  # one row of entries, or one entry a row under a single image
     fig.legend(handles, [label for _, label in legend], loc="lower center", ncol=len(legend) // lines, fontsize=8)
-    fig.tight_layout(rect=(0, 0.22 * lines / (3 * rows), 1, 1))
+    fig.tight_layout(rect=(0, 0.22 * lines / (height * rows), 1, 1))  # room for the legend
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

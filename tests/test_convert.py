@@ -264,11 +264,17 @@ def test_a_converted_folder_trains_and_evaluates_through_the_folder_dataset(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(tmp_path / "run" / "eval_test" / "metrics.json"))["model"]
     assert metrics["num_images"] == 6 and 0 <= metrics["MaxBoxAccV2"] <= 100
-    # The run's class_names.txt names the classes of --images.
-    photo = root / "val" / "images" / "val_0.JPEG"
-    result = run("evaluate.py", f"--workdir={tmp_path}/run", f"--images={photo}", f"--output_dir={tmp_path}/img")
+    # The run's class_names.txt names the classes of --images, which takes folders; a repeated name is kept apart.
+    (tmp_path / "other").mkdir()
+    noise(300, 100).save(tmp_path / "other" / "val_0.JPEG", format="JPEG")
+    folder, twin = root / "val" / "images", tmp_path / "other" / "val_0.JPEG"
+    result = run("evaluate.py", f"--workdir={tmp_path}/run", f"--images={folder},{twin}", f"--output_dir={tmp_path}/i")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "goldfish (0)" in result.stdout and "tabby (1)" in result.stdout
+    assert len(os.listdir(tmp_path / "i")) == 7  # 6 photos of the folder and the twin
+    assert Image.open(tmp_path / "i" / "val_0_2_cam.png").size == (500, 250)  # the twin's own, 300 x 100 px
+    result = run("evaluate.py", f"--workdir={tmp_path}/run", f"--images={tmp_path}/none*.jpg")
+    assert result.returncode == 2 and "none*.jpg: no such image file, folder with images, or matching" in result.stderr
 
 
 def test_voc_folders_named_loosely_as_real_sets_name_them(tmp_path):

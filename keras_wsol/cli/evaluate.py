@@ -76,8 +76,8 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_list(
         "images",
         [],
-        "Localize these image files (any size; JPEG, PNG, GIF, BMP): print the top-5 "
-        "classes and a box, write an overlay PNG each.",
+        "Localize these image files, folders of images or glob patterns (any size; JPEG, PNG, GIF, BMP): print "
+        "the top-5 classes and a box, write an overlay PNG each (sized to the photo; a repeated name gets _2).",
     )
     flags.DEFINE_enum(
         "imagenet",
@@ -141,9 +141,10 @@ def localize_images(options: dict) -> None:
     """``--images``: top-5 classes, a box and an overlay per file, from --imagenet or a checkpoint."""
     from keras_wsol import image_files, localizers, pretrained
 
-    missing = [path for path in FLAGS.images if not os.path.isfile(path)]
-    if missing:
-        raise app.UsageError(f"--images: no such file: {', '.join(missing)}")
+    try:
+        paths = image_files.expand_paths(FLAGS.images)
+    except ValueError as error:
+        raise app.UsageError(f"--images: {error}") from None
     if FLAGS.imagenet:
         try:
             model = pretrained.imagenet_classifier(
@@ -161,7 +162,7 @@ def localize_images(options: dict) -> None:
         out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), "images")
     try:
         localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
-        found = image_files.localize_files(localizer, FLAGS.images, names, FLAGS.box_threshold, out)
+        found = image_files.localize_files(localizer, paths, names, FLAGS.box_threshold, out)
     except ValueError as error:
         raise app.UsageError(f"--images --localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
     for item in found:
