@@ -257,6 +257,7 @@ def test_a_metadata_folder_gives_the_numbers_of_the_in_memory_split(workdir, tmp
         ),
         (["--dataset=folder", "--num_classes=3"], "--num_classes is read by --dataset=synthetic only"),
         (["--dataset=cub", "--metadata_root=x"], "--metadata_root is read by --dataset=folder or imagenet only"),
+        (["--weights=imagnet"], "train.py: error: --weights=imagnet: no such file (use none, imagenet or a"),
     ],
 )
 def test_dataset_flags_fail_naming_the_flag_or_file(flags, message, tmp_path):

@@ -309,6 +309,8 @@ def _cache(name: str, split) -> str | None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.weights not in ("none", "imagenet", "") and not os.path.isfile(FLAGS.weights):
+        raise app.UsageError(f"--weights={FLAGS.weights}: no such file (use none, imagenet or a .weights.h5 path)")
     import shutil
 
     import keras
