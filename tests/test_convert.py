@@ -284,7 +284,7 @@ def test_voc_folders_named_loosely_as_real_sets_name_them(tmp_path):
     (tmp_path / "images").mkdir()
     for stem, suffix in (("k1", ".jpg"), ("k2", ".JPG"), ("k3", ".jpg"), ("k4", ".jpg")):
         noise(20, 10).save(tmp_path / "images" / f"{stem}{suffix}", format="JPEG")
-    for stem, filename in (("k1", "k1"), ("k2", "k2.jpg"), ("k3", "renamed.jpg"), ("k4", "k4.jpg")):
+    for stem, filename in (("k1", "k1"), ("k2", "C:\\labels\\k2.jpg"), ("k3", "renamed.jpg"), ("k4", "k4.jpg")):
         (tmp_path / "annots" / f"{stem}.xml").write_text(voc_xml(filename, [("roo", (1, 1, 20, 10))]))
     source = convert.sources.read_voc(str(tmp_path))
     assert [a.image for a in source.annotations] == ["images/k1.jpg", "images/k2.JPG", "images/k3.jpg", "images/k4.jpg"]

@@ -129,9 +129,10 @@ def _voc_image(root: str, images_dir: str | None, xml_rel: str, filename: str) -
     XML; else the XML's own stem (or a ``<filename>`` without extension) with an image suffix. Real sets name
     files loosely (``<filename>`` without extension, or the name before a rename)."""
     folders = [f for f in (images_dir, os.path.dirname(xml_rel)) if f is not None]
-    stems = [os.path.splitext(filename)[0], os.path.splitext(os.path.basename(xml_rel))[0]]
+    base = filename.replace("\\", "/").split("/")[-1]  # a path written by a tool on another machine: its last part
+    stems = [os.path.splitext(base)[0], os.path.splitext(os.path.basename(xml_rel))[0]]
     suffixes = IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)
-    candidates = [os.path.join(f, filename) for f in folders]
+    candidates = [os.path.join(f, name) for f in folders for name in dict.fromkeys((filename, base))]
     candidates += [os.path.join(f, s + suffix) for f in folders for s in stems for suffix in suffixes]
     found = next((c for c in candidates if os.path.isfile(os.path.join(root, c))), None)
     return found or candidates[0]
