@@ -285,6 +285,14 @@ def test_train_the_published_methods_from_flags(method, flags, tmp_path):
     model = keras.models.load_model(tmp_path / "checkpoints" / "best.keras")
     if method == "cams2i":
         assert model.uses_class_sets and model.classifier_channels == 8
+        # An inference-only hyper-parameter changed on the trained model, scored into its own folder.
+        result = run("evaluate.py", f"--workdir={tmp_path}", "--inference_setting=fusion=s1")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.load(open(tmp_path / "eval_test_fusion-s1" / "metrics.json"))["model"]["num_images"] == 12
+        result = run("evaluate.py", f"--workdir={tmp_path}", "--inference_setting=int_weight=2")
+        assert result.returncode == 2 and "--inference_setting=int_weight=2: int_weight changes training in" in (
+            result.stderr
+        )
     else:  # hidden patches filled with the training split's mean pixel
         train = synthetic.generate("train", num_classes=3, images_per_class=8, image_size=40)
         np.testing.assert_allclose(model.hide_fill, train.images.reshape(-1, 3).mean(axis=0), rtol=1e-5)

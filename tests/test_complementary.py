@@ -194,3 +194,34 @@ def test_mixed_precision_losses_stay_float32(policy):
     with precision_policy(policy):
         model, x, y = model_and_batch(6)
         assert_float32_losses_and_finite_step(model, x, y)
+
+
+def test_a_shared_classifier_is_one_layer_that_both_branches_train_and_it_saves(tmp_path):
+    model, x, y = model_and_batch(7, shared_classifier=True)
+    two, _, _ = model_and_batch(7)
+    assert model.classifier_complement is model.classifier and two.classifier_complement is not two.classifier
+    assert not any("classifier_complement" in w.path for w in model.weights)
+    assert len(two.weights) - len(model.weights) == 2  # the second classifier's kernel and bias
+    model.train_on_batch(x, y)  # as above: the second step reaches every attention weight
+    changed = changed_weights(model, lambda: model.train_on_batch(x, y))
+    assert changed == {w.path for w in model.weights}
+    assert_round_trip(model, tmp_path / "shared.keras", x, shared_classifier=True)
+
+
+def test_the_pair_input_at_inference_sums_both_branches_on_a_fixed_checkerboard():
+    model, x, _ = model_and_batch(8, hide_prob=0.3)
+    _, _, mask = model.complementary_pair(x, fixed=True)
+    patch = min(model.scaled_patch_sizes())
+    row = (np.arange(32) // patch)[:, None] + (np.arange(32) // patch)[None, :]
+    np.testing.assert_array_equal(np.asarray(mask)[0], (row % 2 == 0).astype("float32"))
+    (logits_x, cams_x), (logits_xt, cams_xt) = model.branches(x, fixed=True)
+    full_logits, full_maps = model.logits_and_class_maps(x, np.array([2] * 6))
+    model.set_inference_settings({"inference_input": "pair"})
+    logits, maps = model.logits_and_class_maps(x, np.array([2] * 6))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(logits_x + logits_xt), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(maps), np.asarray(cams_x + cams_xt)[..., 2], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(maps), np.asarray(full_maps))
+    with pytest.raises(ValueError, match="beta changes training in Complementary; what can change on a trained"):
+        model.set_inference_settings({"beta": "1"})
+    with pytest.raises(ValueError, match="inference_input='half': choose one of full, pair"):
+        model.set_inference_settings({"inference_input": "half"})

@@ -163,21 +163,42 @@ def test_stage1_step_trains_every_part_and_logs_both_losses():
     assert set(logs) == {"loss", "accuracy", "aux_loss"} and logs["loss"] > logs["aux_loss"] > 0
 
 
+def moving_statistics(parts) -> list:
+    """The running mean and variance of every BatchNorm layer inside ``parts``."""
+    return [
+        w
+        for part in parts
+        for layer in part._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+@pytest.mark.parametrize("frozen_batchnorm", ["batch", "inference"])
 @pytest.mark.parametrize("trainable_set", ["decoder", "generator", "generator_shallow"])
-def test_stage2_step_changes_exactly_the_chosen_trainable_set(trainable_set):
-    _, evaluator, model = stage2_model(trainable_set=trainable_set)
+def test_stage2_step_changes_exactly_the_chosen_trainable_set(trainable_set, frozen_batchnorm):
+    _, evaluator, model = stage2_model(trainable_set=trainable_set, frozen_batchnorm=frozen_batchnorm)
     trained = {
         "decoder": model.generator.decoder_layers(),
         "generator": [model.generator],
         "generator_shallow": [model.generator, model.shallow],
     }[trainable_set]
+    frozen_in_forward = {
+        "decoder": [model.shallow, *model.generator.encoder_layers()],
+        "generator": [model.shallow],
+        "generator_shallow": [],
+    }[trainable_set]
     x, y = batch(1)
     changed = changed_weights(model, lambda: model.train_on_batch(x, y), key=id)
-    assert changed == {id(w) for part in trained for w in part.weights}
+    # batch: the frozen parts of the forward pass update their running statistics, as PyTorch's train mode does
+    statistics = moving_statistics(frozen_in_forward) if frozen_batchnorm == "batch" else []
+    assert statistics or frozen_batchnorm == "inference" or trainable_set == "generator_shallow"
+    assert changed == {id(w) for part in trained for w in part.weights} | {id(w) for w in statistics}
     assert {id(v) for v in model.trainable_variables} == {id(w) for part in trained for w in part.trainable_weights}
     frozen = [w for part in (evaluator, model.deep, model.classifier, model.aux_conv) for w in part.weights]
     if trainable_set == "decoder":
         frozen += [w for layer in model.generator.encoder_layers() for w in layer.weights] + model.shallow.weights
+    frozen = [w for w in frozen if id(w) not in {id(s) for s in statistics}]
     assert frozen and not {id(w) for w in frozen} & changed
 
 

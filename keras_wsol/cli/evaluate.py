@@ -94,6 +94,13 @@ def define_evaluate_flags() -> None:
         lower_bound=0,
         upper_bound=0.999,
     )
+    flags.DEFINE_list(
+        "inference_setting",
+        [],
+        "NAME=VALUE,...: score the checkpoint with these inference-only hyper-parameters changed (e.g. "
+        "fusion=min; training does not depend on them; the README's method tables mark them); the default "
+        "output folder gets their names.",
+    )
     flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
     flags.DEFINE_string("output_json", None, "Evaluator-only mode: where to write the metrics.")
 
@@ -183,7 +190,21 @@ def load_model(checkpoint: str):
 
     if not os.path.isfile(checkpoint):
         raise app.UsageError(f"no checkpoint at {checkpoint}")
-    return keras.models.load_model(checkpoint), checkpoint
+    model = keras.models.load_model(checkpoint)
+    if FLAGS.inference_setting:
+        settings = dict(item.partition("=")[::2] for item in FLAGS.inference_setting)
+        try:
+            if "" in settings.values() or not hasattr(model, "set_inference_settings"):
+                raise ValueError("give NAME=VALUE pairs of a keras_wsol model's inference-only hyper-parameters")
+            model.set_inference_settings(settings)
+        except ValueError as error:
+            raise app.UsageError(f"--inference_setting={','.join(FLAGS.inference_setting)}: {error}") from None
+    return model, checkpoint
+
+
+def settings_suffix() -> str:
+    """``_fusion-min`` for ``--inference_setting=fusion=min``: default output folders keep variants apart."""
+    return "".join(f"_{item.replace('=', '-')}" for item in FLAGS.inference_setting)
 
 
 def best_checkpoint(workdir: str) -> str:
@@ -399,7 +420,7 @@ def main(argv: list[str]) -> None:
                 if FLAGS.layer == "all"
                 else [FLAGS.layer or localizers.classifier_layer(model)]
             )
-            out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers")
+            out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers{settings_suffix()}")
             results = reporting.sweep_localizers(model, split, methods, layers, protocol, progress=True, **options)
             os.makedirs(out, exist_ok=True)
             write_json(results, os.path.join(out, "localizers.json"))
@@ -410,6 +431,7 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
     suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
+    suffix += settings_suffix()
     out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
     results = reporting.evaluate_split(
         model,

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextvars
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
@@ -139,6 +139,32 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         # Create every variable now (one forward pass on zeros): weight loading
         # and BackupAndRestore need them before fit.
         self(ops.zeros((1, image_size, image_size, 3)))
+
+    def set_inference_settings(self, settings: dict[str, Any]) -> None:
+        """Give inference-only hyper-parameters (``HyperParameter.inference_only``) of a trained model new values.
+
+        Values may be text as on a command line. Any other name is refused,
+        naming the ones that can change: training depends on those.
+
+        Example:
+            >>> from keras_wsol.methods import CAMs2i
+            >>> model = CAMs2i(num_classes=2, backbone="small", image_size=32, classifier_channels=8, inter_dim=4)
+            >>> model.set_inference_settings({"fusion": "min"}); model.fusion
+            'min'
+        """
+        declared = {p.name: p for p in self.hyperparameters}
+        changeable = sorted(p.name for p in self.hyperparameters if p.inference_only)
+        for name, value in settings.items():
+            parameter = declared.get(name)
+            if parameter is None or not parameter.inference_only:
+                what = "is not a hyper-parameter of" if parameter is None else "changes training in"
+                raise ValueError(
+                    f"{name} {what} {type(self).__name__}; what can change on a trained model: "
+                    f"{', '.join(changeable) or 'nothing'}"
+                )
+            setattr(self, name, parameter.parse(value) if isinstance(value, str) else parameter.convert(value))
+        self.check_hyperparameters()
+        self.predict_function = None  # traced with the old values
 
     def check_hyperparameters(self) -> None:
         """Checks across hyper-parameters, before anything is built (each one alone is checked by its declaration)."""

@@ -188,6 +188,7 @@ class CAMs2i(WSOLModel):
             "paper's Sec. 3.2 says the fusion keeps the pixels both CAMs are confident in and removes ambiguous "
             "ones, a consensus (min or mean)",
             choices=FUSIONS,
+            inference_only=True,
         ),
         HyperParameter(
             "int_weight",

@@ -27,6 +27,8 @@ Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
 * **Two classifiers** after GAP, ``theta^x`` and ``theta^x~`` of Algorithm 1
   (same form, own weights); each branch's map of the ground-truth class
   comes from its own classifier's weights (Eq. 13, no bias).
+  ``shared_classifier=True`` is the other reading: Eq. 11 and 13 write one
+  ``W_c^k`` for both branches.
 * **Loss** (Eq. 15): ``CE(y, p_x) + CE(y, p_x~) + beta * L_at_fuse``
   (Eq. 14, ``beta = 50``; 0 drops it), per-image values averaged over the
   global batch. Eq. 14 is reduced so that ``beta`` weighs it at every map
@@ -50,6 +52,11 @@ Section 3 and Algorithm 1, read as follows where the paper leaves a choice open:
   terms removed, as ``delta = alpha = 0`` would): plain CAM of
   ``conv(F + F)`` through classifier ``X``. ``attention_at_inference=True``
   keeps them on, with the full image in both branches.
+  ``inference_input="pair"`` (a control for the shift between training,
+  where the aggregation and its BatchNorm see hidden images, and testing)
+  shows the model's own maps a fixed complementary pair instead: a
+  checkerboard of the smallest patch size, both branches, attention on,
+  the two branches' maps and logits summed.
 
 Example:
     >>> import numpy as np, keras
@@ -70,7 +77,7 @@ from keras_wsol.backbones import pretrained
 from keras_wsol.distribute import replica_mean
 from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import POSITION_REDUCTIONS, attention_fusion_per_image
-from keras_wsol.maps import class_channel
+from keras_wsol.maps import class_channel, predicted_where_negative
 from keras_wsol.methods.base import WSOLModel
 from keras_wsol.methods.hyperparameters import HyperParameter
 
@@ -158,6 +165,25 @@ class Complementary(WSOLModel):
             "keep CAAM and SSAM on at inference",
             "our reading of Sec. 1: the whole test image, no hiding, one branch",
             aliases=("attention_at_inference",),
+            inference_only=True,
+        ),
+        HyperParameter(
+            "inference_input",
+            "full",
+            "what the model's own maps and logits see at inference: full (the whole image, one branch, the paper) "
+            "or pair (the image as training shows it: a fixed complementary pair, a checkerboard of the smallest "
+            "patch size, through both branches with the attention modules on, maps and logits summed); gradient "
+            "localizers always see the full image",
+            "paper Sec. 4.2 (the test image as a whole, CAAM and SSAM off); pair is a control for the train/test "
+            "shift of the aggregation (our reading)",
+            choices=("full", "pair"),
+            inference_only=True,
+        ),
+        HyperParameter(
+            "shared_classifier",
+            False,
+            "one classifier W for both branches (Eq. 11 and 13 write one W_c^k) instead of classifiers X and X~",
+            "paper Algorithm 1 and Fig. 2 (classifiers X and X~, parameters theta^x and theta^x~)",
         ),
         HyperParameter("seed", None, "seed of the hide-and-seek masks; none: random", "our choice", kind=int, flag=""),
     )
@@ -184,7 +210,11 @@ class Complementary(WSOLModel):
         batch_norm = self.aggregation_kind == "bn_relu"
         self.aggregate = keras.layers.Conv2D(width, 3, padding="same", use_bias=not batch_norm, name="aggregate")
         self.aggregate_norm = keras.layers.BatchNormalization(name="aggregate_bn") if batch_norm else None
-        self.classifier_complement = keras.layers.Dense(self.num_classes, name="classifier_complement")
+        self.classifier_complement = (
+            self.classifier
+            if self.shared_classifier
+            else keras.layers.Dense(self.num_classes, name="classifier_complement")
+        )
         side = self.image_size // 8  # any size: the modules only need the channel count to build
         feature_shape = (None, side, side, width)
         for module in (self.ssam_x, self.ssam_complement):
@@ -195,7 +225,8 @@ class Complementary(WSOLModel):
         self.aggregate.build(feature_shape)
         if self.aggregate_norm is not None:
             self.aggregate_norm.build(feature_shape)
-        self.classifier_complement.build((None, width))
+        if not self.shared_classifier:
+            self.classifier_complement.build((None, width))
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="hide_and_seek_seed")
         self.add_part_trackers("ce_complement", "fusion")
 
@@ -205,13 +236,22 @@ class Complementary(WSOLModel):
         scale = min(1.0, self.image_size / 224.0)
         return tuple(max(1, round(p * scale)) for p in self.patch_sizes)
 
-    def complementary_pair(self, images) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """``(X, X~, mask)``: hidden pixels set to ``hide_fill``; ``mask`` is 1 where ``X`` shows the image."""
+    def complementary_pair(self, images, fixed: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``(X, X~, mask)``: hidden pixels set to ``hide_fill``; ``mask`` is 1 where ``X`` shows the image.
+
+        ``fixed``: the mask is a checkerboard of the smallest patch size instead of a random draw.
+        """
         images = ops.cast(images, "float32")
         height, width = images.shape[1], images.shape[2]
-        mask = hide_and_seek_masks(
-            ops.shape(images)[0], height, width, self.scaled_patch_sizes(), self.seed_generator, self.hide_prob
-        )[..., None]
+        if fixed:
+            patch = min(self.scaled_patch_sizes())
+            rows, columns = ops.arange(height) // patch, ops.arange(width) // patch
+            board = ops.cast((rows[:, None] + columns[None, :]) % 2 == 0, "float32")
+            mask = ops.broadcast_to(board, (ops.shape(images)[0], height, width))[..., None]
+        else:
+            mask = hide_and_seek_masks(
+                ops.shape(images)[0], height, width, self.scaled_patch_sizes(), self.seed_generator, self.hide_prob
+            )[..., None]
         fill = ops.convert_to_tensor(self.hide_fill, "float32")
         return images * mask + fill * (1.0 - mask), images * (1.0 - mask) + fill * mask, mask[..., 0]
 
@@ -259,17 +299,28 @@ class Complementary(WSOLModel):
         taps["cam"] = self.aggregated(channel + self.spatial(f, self.ssam_x, attention), training)
         return taps
 
+    def branches(self, images, training=False, fixed: bool = False) -> tuple[tuple, tuple]:
+        """``((logits_x, cams_x), (logits_x~, cams_x~))`` of a complementary pair of ``images`` (Eq. 9-13)."""
+        x, xt, _ = self.complementary_pair(images, fixed=fixed)
+        both = super().features(ops.concatenate([x, xt], axis=0), training=training)["cam"]
+        fused_x, fused_xt = self.fuse(*ops.split(both, 2), training=training)
+        return (
+            (self.classifier(self.gap(fused_x)), self.cams(fused_x)),
+            (self.classifier_complement(self.gap(fused_xt)), self.cams(fused_xt, self.classifier_complement)),
+        )
+
+    def logits_and_class_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.inference_input == "full":
+            return super().logits_and_class_maps(images, class_ids)
+        (logits_x, cams_x), (logits_xt, cams_xt) = self.branches(images, fixed=True)
+        logits = logits_x + logits_xt
+        return logits, class_channel(cams_x + cams_xt, predicted_where_negative(class_ids, logits))
+
     # -- training ------------------------------------------------------------
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
         """``(total, parts, logits_x)`` of Eq. 15 on a fresh complementary pair of ``images``."""
-        x, xt, _ = self.complementary_pair(images)
-        both = super().features(ops.concatenate([x, xt], axis=0), training=training)["cam"]
-        features, complement = ops.split(both, 2)
-        fused_x, fused_xt = self.fuse(features, complement, training=training)
-        logits_x = self.classifier(self.gap(fused_x))
-        logits_xt = self.classifier_complement(self.gap(fused_xt))
-        maps_x = class_channel(self.cams(fused_x), labels)
-        maps_xt = class_channel(self.cams(fused_xt, self.classifier_complement), labels)
+        (logits_x, cams_x), (logits_xt, cams_xt) = self.branches(images, training=training)
+        maps_x, maps_xt = class_channel(cams_x, labels), class_channel(cams_xt, labels)
         parts = {
             "ce_complement": self.classification_loss(labels, logits_xt),
             "fusion": replica_mean(attention_fusion_per_image(maps_x, maps_xt, self.fusion_reduction)),

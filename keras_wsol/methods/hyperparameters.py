@@ -45,6 +45,10 @@ class HyperParameter:
             no flag.
         saved: part of ``get_config`` (False for build inputs such as
             checkpoint paths).
+        inference_only: only how a trained model reads its maps and logits;
+            training never uses it, so a saved model can be scored with
+            another value (``WSOLModel.set_inference_settings``,
+            ``evaluate.py --inference_setting``).
     """
 
     name: str
@@ -59,6 +63,7 @@ class HyperParameter:
     aliases: tuple[str, ...] = ()
     statistic: str | None = None
     saved: bool = True
+    inference_only: bool = False
 
     @property
     def is_tuple(self) -> bool:
@@ -85,6 +90,30 @@ class HyperParameter:
                 raise ValueError(f"{self.name}: give at least one value")
             return tuple(self._one(v) for v in values)
         return self._one(value)
+
+    def parse(self, text: str) -> Any:
+        """``text`` as written on a command line (``true``, ``0.5``, ``16,32``), converted as :meth:`convert` does.
+
+        Example:
+            >>> HyperParameter("sizes", (16, 32), "patch sizes", "paper").parse("8,12")
+            (8, 12)
+        """
+        parts = [t.strip() for t in text.split(",")] if self.is_tuple else [text.strip()]
+        kind = self.value_type
+        values = []
+        for part in parts:
+            if kind is bool:
+                if part.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"{self.name}={part!r}: must be true or false")
+                values.append(part.lower() in ("true", "1"))
+            elif kind in (int, float):
+                try:
+                    values.append(float(part))  # convert checks an int and its bounds
+                except ValueError:
+                    raise ValueError(f"{self.name}={part!r}: must be a number") from None
+            else:
+                values.append(part)
+        return self.convert(tuple(values) if self.is_tuple else values[0])
 
     def _one(self, value: Any) -> Any:
         kind = self.value_type
@@ -135,5 +164,10 @@ def markdown_table(method: str, parameters: tuple[HyperParameter, ...]) -> str:
             continue
         default = ",".join(map(str, p.default)) if p.is_tuple else ("none" if p.default is None else p.default)
         aliases = "".join(f" (`--{a}`)" for a in p.aliases)
-        rows.append(f"| `--{flag}`{aliases} | {default} | {p.help} | {p.source} |")
+        scope = (
+            " Inference only: `evaluate.py --inference_setting={p.name}=...` changes it on a trained model."
+            if p.inference_only
+            else ""
+        )
+        rows.append(f"| `--{flag}`{aliases} | {default} | {p.help}{scope} | {p.source} |")
     return "\n".join(rows)

@@ -110,8 +110,11 @@ class ORNet(WSOLModel):
         HyperParameter(
             "tap",
             "low",
-            "backbone tap the generator reads (the F1/F2 split)",
-            "our reading: the paper's low-level features of the stem",
+            "backbone tap the generator reads (the F1/F2 split): low is each backbone's first stride-4 tap "
+            "(ResNet50 conv2_block3_out, Lite0 block 2, VGG16 block3_conv3), mid the next",
+            "our reading, because the paper's F1 is 'low-level features' and the official code reads ResNet50's "
+            "stem (models/model.py: conv1, bn1, relu, maxpool, stride 4); low is the closest tap every backbone has "
+            "(on ResNet50 one stage after the stem)",
             choices=("low", "mid"),
         ),
         HyperParameter(
@@ -232,6 +235,16 @@ class ORNet(WSOLModel):
             "generator_shallow (the generator and the shallow layers F1, the paper's Eq. 7-8)",
             "official models/model.py (FineModel: up_2, up_3, att_conv3, bn_att3 train)",
             choices=TRAINABLE_SETS,
+        ),
+        HyperParameter(
+            "frozen_batchnorm",
+            "batch",
+            "stage 2: the BatchNorm layers of the frozen shallow layers and generator parts: batch (batch "
+            "statistics in training, running statistics updated, as PyTorch's train mode) or inference (Keras' "
+            "frozen-layer convention); the evaluator always runs in inference mode",
+            "official train_2nd_step.py:165 (model.train() over the whole FineModel, whose frozen stem and encoder "
+            "have BatchNorm; its evaluator, VGG16, has none)",
+            choices=("batch", "inference"),
         ),
         HyperParameter(
             "area_top_classes",
@@ -452,6 +465,14 @@ class ORNetRefinement(ORNet):
             # config keeps its sublayers trainable through the setter above.
             for weight in part.weights:
                 weight.trainable = False
+            if self.frozen_batchnorm == "batch" and part is not self.evaluator:
+                for layer in part._flatten_layers(include_self=True, recursive=True):
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        # Normalizes with batch statistics when called in training (Keras asks the layer's
+                        # own flag); its scale and offset stay out of the optimizer.
+                        layer.trainable = True
+                        for weight in layer.trainable_variables:
+                            weight.trainable = False
 
     def optimizer_settings(self) -> dict:
         return {"learning_rate": self.refine_learning_rate}
