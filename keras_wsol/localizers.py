@@ -456,12 +456,67 @@ class BagCAMs(Localizer):
 
 
 LOCALIZERS: dict[str, type[Localizer]] = {c.name: c for c in (CAM, GradCAM, GradCAMPlusPlus, PCS, BagCAMs)}
+LAYER_FUSIONS = ("max", "mean")
 
 
-def get_localizer(model, method: str, layer: str | None = None, **options) -> Localizer:
-    """The localizer ``method`` for ``model`` at ``layer``; ``options`` are ``score`` and ``guided``."""
+class LayerFusion:
+    """One localizer at several layers: each layer's map min-max normalized at the input size, then fused.
+
+    ``fusion="max"`` keeps, per pixel, the strongest layer's evidence (a
+    part one layer sees is kept); ``"mean"`` averages them (a consensus). The
+    fused map is min-max normalized again. Every layer explains the same
+    class: the predicted one is taken from the first layer's pass. The raw
+    maps are at the input resolution, so the protocol's resizing is the same
+    as for any map.
+
+    Example:
+        >>> from keras_wsol.methods import CAM
+        >>> model = CAM(num_classes=2, backbone="small", image_size=32)
+        >>> fused = get_localizer(model, "gradcam", "mid,high")
+        >>> fused.layer, tuple(fused(np.zeros((2, 32, 32, 3), "float32")).shape)
+        ('mid,high', (2, 32, 32))
+    """
+
+    def __init__(self, parts: list[Localizer], fusion: str = "max"):
+        if fusion not in LAYER_FUSIONS:
+            raise ValueError(f"fusion={fusion!r}; choose one of {', '.join(LAYER_FUSIONS)}")
+        if len(parts) < 2 or len({p.layer for p in parts}) != len(parts):
+            raise ValueError(f"layers {[p.layer for p in parts]}: give two or more different layers to fuse")
+        self.parts, self.fusion = list(parts), fusion
+        first = self.parts[0]
+        self.model, self.name, self.num_classes = first.model, first.name, first.num_classes
+        self.layer = ",".join(p.layer for p in self.parts)
+
+    def raw_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(fused maps [B, H, W] at the input size, logits [B, K])``."""
+        images = tf.convert_to_tensor(images)
+        first, logits = self.parts[0].raw_maps(images, class_ids)
+        ids = -1 if class_ids is None else class_ids
+        ids = predicted_where_negative(ops.broadcast_to(ops.cast(ids, "int32"), ops.shape(logits)[:1]), logits)
+        size = ops.shape(images)[1:3]
+        maps = [upsample_normalized(first, size)]
+        maps += [upsample_normalized(part.raw_maps(images, ids)[0], size) for part in self.parts[1:]]
+        stacked = ops.stack(maps, axis=0)
+        fused = ops.max(stacked, axis=0) if self.fusion == "max" else ops.mean(stacked, axis=0)
+        return upsample_normalized(fused, size), logits
+
+    def __call__(self, images, class_ids=None) -> tf.Tensor:
+        return self.raw_maps(images, class_ids)[0]
+
+
+def get_localizer(
+    model, method: str, layer: str | None = None, fusion: str = "max", **options
+) -> Localizer | LayerFusion:
+    """The localizer ``method`` for ``model`` at ``layer``; ``options`` are ``score`` and ``guided``.
+
+    ``layer`` may name several layers, comma-separated (``"mid,high"``): their
+    maps are fused by ``fusion`` (:class:`LayerFusion`).
+    """
     if method not in LOCALIZERS:
         raise ValueError(f"unknown localizer {method!r}; choose one of {', '.join(LOCALIZERS)}")
+    if layer and "," in layer:
+        names = [name.strip() for name in layer.split(",")]
+        return LayerFusion([LOCALIZERS[method](model, name, **options) for name in names], fusion)
     return LOCALIZERS[method](model, layer, **options)
 
 

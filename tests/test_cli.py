@@ -189,6 +189,10 @@ def test_evaluate_with_any_localizer_and_the_sweep(workdir, tmp_path):
     result = run("evaluate.py", f"--workdir={workdir}", "--split=val", "--localizer=bagcams", "--layer=mid")
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(os.path.join(workdir, "eval_val_bagcams_mid", "metrics.json"))
+    fused = ["--localizer=gradcam", "--layer=mid,high", "--layer_fusion=mean", f"--output_dir={tmp_path}/fused"]
+    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", *fused)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.load(open(tmp_path / "fused" / "metrics.json"))["model"]["num_images"] == 12
     result = run(
         "evaluate.py",
         f"--workdir={workdir}",

@@ -311,3 +311,28 @@ def test_a_float_tensor_of_class_ids_is_refused_not_truncated():
     with pytest.raises(ValueError, match="class_ids must be integers, got float32"):
         localizer.raw_maps(images, tf.constant([0.5, 1.0]))
     assert localizer.raw_maps(images, tf.constant([0, 2]))[0].shape[0] == 2
+
+
+def normalized(maps):
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    return (maps - low) / np.where(high > low, high - low, 1)
+
+
+@pytest.mark.parametrize("fusion", ["max", "mean"])
+def test_several_layers_fuse_their_normalized_maps_as_by_hand(fusion):
+    model, x = tiny_model(pool=2), images(pool=2)
+    # Class 1 is not the predicted class of image 0: every layer must explain the class asked for.
+    for ids in (np.array([1, 1]), None):
+        singles = [localizers.get_localizer(model, "gradcam_pp", name).raw_maps(x, ids) for name in ("feat", "top")]
+        upsampled = [normalized(bilinear(np.asarray(raw), 2 * S)) for raw, _ in singles]
+        expected = normalized(np.max(upsampled, axis=0) if fusion == "max" else np.mean(upsampled, axis=0))
+        fused = localizers.get_localizer(model, "gradcam_pp", "feat,top", fusion=fusion)
+        raw, logits = fused.raw_maps(x, ids)
+        assert fused.layer == "feat,top" and np.ptp(expected) > 0.1
+        np.testing.assert_allclose(np.asarray(raw), expected, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(fused(x, ids)), expected, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(singles[0][1]), rtol=1e-6)
+    with pytest.raises(ValueError, match="give two or more different layers"):
+        localizers.get_localizer(model, "gradcam", "feat,feat")
+    with pytest.raises(ValueError, match="fusion='sum'; choose one of max, mean"):
+        localizers.get_localizer(model, "gradcam", "feat,top", fusion="sum")

@@ -42,8 +42,15 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_string(
         "layer",
         None,
-        "Layer for the localizer: low, mid, high, cam (WSOLModel taps) or a layer name; "
-        "all: every tap. Default: the classifier's layer.",
+        "Layer for the localizer: low, mid, high, cam (WSOLModel taps) or a layer name; several, comma-separated "
+        "(mid,high): their maps fused by --layer_fusion; all: every tap, one at a time. Default: the classifier's "
+        "layer.",
+    )
+    flags.DEFINE_enum(
+        "layer_fusion",
+        "max",
+        ("max", "mean"),
+        "--layer with several layers: per pixel the max or the mean of their min-max normalized maps.",
     )
     flags.DEFINE_enum("localizer_score", "logit", ("logit", "softmax"), "Score the localizer differentiates.")
     flags.DEFINE_enum(
@@ -370,6 +377,8 @@ def main(argv: list[str]) -> None:
     from keras_wsol import localizers, reporting
 
     options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
+    if FLAGS.layer and "," in FLAGS.layer:
+        options["fusion"] = FLAGS.layer_fusion
     if FLAGS.images:
         if "all" in (FLAGS.localizer, FLAGS.layer):
             raise app.UsageError("--images takes one --localizer and one --layer, not all")
