@@ -37,4 +37,11 @@ def evaluate(argv: list[str] | None = None) -> None:
     run(argv)
 
 
-__all__ = ["__version__", "evaluate", "train"]
+def localize(model, images, **kwargs) -> list:
+    """Maps, boxes and classes of ``images`` in one call (:func:`keras_wsol.localization.localize`; imports TF)."""
+    from keras_wsol.localization import localize as run
+
+    return run(model, images, **kwargs)
+
+
+__all__ = ["__version__", "evaluate", "localize", "train"]

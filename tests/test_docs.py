@@ -64,9 +64,12 @@ def test_the_readme_python_examples_run_in_a_fresh_process(tmp_path):
     text = open(README, encoding="utf-8").read()
     start = text.index("Every method is a `WSOLModel`")
     blocks = re.findall(r"```python\n(.*?)```", text[start : text.index("## Backbones", start)], re.S)
-    assert len(blocks) == 2  # the method example (with save and load), then the localizers'
+    # the method example (with save and load), the localizers', then one-call localization of photos of any size
+    assert len(blocks) == 3 and len(blocks[2].strip().splitlines()) <= 15
     result = subprocess.run(
         [sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(tmp_path / "cam.keras")
+    found = result.stdout.strip().splitlines()[-2:]  # one line per photo, each with its own map size
+    assert "(120, 160)" in found[0] and "(64, 64)" in found[1]
