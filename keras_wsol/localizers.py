@@ -250,6 +250,10 @@ class Localizer:
         score: ``"logit"`` (raw logits, the official choice) or ``"softmax"``.
         guided: clamp gradients at every ReLU above the layer; ``None`` for
             the method's default (on for BagCAMs only).
+        target: instead of one class's score, a callable ``target(logits) ->
+            [B]`` whose gradient the map follows (a sum of classes, a margin,
+            a regression output); class ids are then not used. Gradient
+            localizers only: ``cam`` is a class's own map.
 
     Calling it on a batch gives maps ``[B, H, W]`` in ``[0, 1]`` at the input
     size; :meth:`raw_maps` gives the maps at feature resolution and the logits.
@@ -259,9 +263,15 @@ class Localizer:
     log_score = False
     guided_default = False
 
-    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None):
+    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None, target=None):
         if score not in SCORES:
             raise ValueError(f"score={score!r}; choose one of {', '.join(SCORES)}")
+        if target is not None and (not callable(target) or score != "logit"):
+            raise ValueError(
+                "target: a callable taking the logits [B, K] and returning one score per image [B] (it replaces "
+                "the class id and score='softmax': apply a softmax inside it if wanted)"
+            )
+        self.target = target
         model = logits_model(model)
         if getattr(model, "class_agnostic_maps", False) and self.name != "cam":
             raise ValueError(
@@ -323,6 +333,11 @@ class Localizer:
     def _target_score(self, logits, class_ids):
         """The differentiated score per image; for ``log_score``, the factor that turns its gradient into d log s."""
         logits = ops.cast(logits, "float32")
+        if self.target is not None:
+            s = ops.cast(self.target(logits), "float32")
+            if len(s.shape) != 1:
+                raise ValueError(f"target returned shape {tuple(s.shape)}; one score per image, [batch]")
+            return s, (1.0 / ops.maximum(s, LOG_EPS) if self.log_score else None)
         picked = lambda t: ops.take_along_axis(t, ops.reshape(class_ids, (-1, 1)), axis=1)[:, 0]  # noqa: E731
         if self.score == "softmax":
             if self.log_score:
@@ -387,7 +402,9 @@ class CAM(Localizer):
 
     name = "cam"
 
-    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None):
+    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None, target=None):
+        if target is not None:
+            raise ValueError("cam maps one class by its classifier weights; a target needs a gradient localizer")
         super().__init__(model, layer, score, guided)
         self._own_maps = isinstance(model, WSOLModel) and self.layer in ("cam", classifier_layer(model))
         if isinstance(model, WSOLModel) and not self._own_maps:

@@ -336,3 +336,19 @@ def test_several_layers_fuse_their_normalized_maps_as_by_hand(fusion):
         localizers.get_localizer(model, "gradcam", "feat,feat")
     with pytest.raises(ValueError, match="fusion='sum'; choose one of max, mean"):
         localizers.get_localizer(model, "gradcam", "feat,top", fusion="sum")
+
+
+def test_a_target_callable_is_differentiated_instead_of_one_class():
+    model, x = tiny_model(), images()
+    z, g0 = by_hand(model, x, np.array([0, 0]), guided=False)
+    _, g1 = by_hand(model, x, np.array([1, 1]), guided=False)
+    g = g0 - 2.0 * g1  # the gradient of logit 0 - 2 logit 1: linear in the logits
+    for method in ("gradcam", "pcs"):
+        loc = localizers.get_localizer(model, method, "feat", target=lambda t: t[:, 0] - 2.0 * t[:, 1])
+        np.testing.assert_allclose(np.asarray(loc.raw_maps(x)[0]), formulas(z, g)[method], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="a target needs a gradient localizer"):
+        localizers.get_localizer(model, "cam", "feat", target=lambda t: t[:, 0])
+    with pytest.raises(ValueError, match="target: a callable taking the logits"):
+        localizers.get_localizer(model, "gradcam", "feat", target=lambda t: t[:, 0], score="softmax")
+    with pytest.raises(ValueError, match=r"target returned shape \(2, 2\)"):
+        localizers.get_localizer(model, "gradcam", "feat", target=lambda t: t).raw_maps(x)
