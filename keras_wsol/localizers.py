@@ -105,6 +105,28 @@ def _ends_in_relu(op) -> bool:
     return getattr(getattr(op, "activation", None), "__name__", "") in ("relu", "relu6")
 
 
+def token_grid(tokens: tf.Tensor) -> tf.Tensor:
+    """Tokens ``[B, N, C]`` of a vision transformer as a feature map ``[B, h, w, C]``.
+
+    The rule: the patch tokens are the last ``h * h`` of the ``N``, laid out
+    row by row on a square grid (as a ViT's patch embedding flattens them);
+    the leading ``k`` tokens (a class token, register tokens) are dropped,
+    with ``k`` the smallest number that leaves a square count. Anything else
+    (a non-square grid, tokens after the patches, pooled windows): pass a
+    ``reshape`` callable of your own to the localizer.
+
+    Example:
+        >>> tuple(token_grid(tf.zeros((2, 1 + 4 + 196, 8))).shape)  # a class token, 4 registers, 14 x 14
+        (2, 14, 14, 8)
+    """
+    count = int(tokens.shape[1])
+    for prefix in range(count):
+        side = int(round((count - prefix) ** 0.5))
+        if side * side == count - prefix:
+            return ops.reshape(tokens[:, prefix:], (-1, side, side, int(tokens.shape[-1])))
+    raise ValueError(f"{count} tokens")  # unreachable: one token is a 1 x 1 grid
+
+
 class _Hooks:
     """While active (during tracing), wrap ``call`` of chosen ops.
 
@@ -254,6 +276,10 @@ class Localizer:
             [B]`` whose gradient the map follows (a sum of classes, a margin,
             a regression output); class ids are then not used. Gradient
             localizers only: ``cam`` is a class's own map.
+        reshape: for a layer of tokens ``[B, N, C]`` (a vision transformer's
+            block), a callable laying them out as ``[B, h, w, C]``; default
+            :func:`token_grid` (drop the leading class/register tokens, a
+            square grid).
 
     Calling it on a batch gives maps ``[B, H, W]`` in ``[0, 1]`` at the input
     size; :meth:`raw_maps` gives the maps at feature resolution and the logits.
@@ -263,7 +289,15 @@ class Localizer:
     log_score = False
     guided_default = False
 
-    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None, target=None):
+    def __init__(
+        self,
+        model,
+        layer: str | None = None,
+        score: str = "logit",
+        guided: bool | None = None,
+        target=None,
+        reshape=None,
+    ):
         if score not in SCORES:
             raise ValueError(f"score={score!r}; choose one of {', '.join(SCORES)}")
         if target is not None and (not callable(target) or score != "logit"):
@@ -272,6 +306,7 @@ class Localizer:
                 "the class id and score='softmax': apply a softmax inside it if wanted)"
             )
         self.target = target
+        self.reshape = reshape or token_grid
         model = logits_model(model)
         if getattr(model, "class_agnostic_maps", False) and self.name != "cam":
             raise ValueError(
@@ -291,10 +326,11 @@ class Localizer:
         self._is_tap = isinstance(model, WSOLModel) and self.layer in (*TAPS, "cam")
         self._target = None if self._is_tap else _find_layer(model, self.layer)
         self.num_classes = getattr(model, "num_classes", None) or (outputs[0].shape[-1] if outputs else None)
-        if self._target is not None and _output_rank(self._target) not in (0, 4):
+        if self._target is not None and _output_rank(self._target) not in (0, 3, 4):
             raise ValueError(
                 f"layer {self.layer!r} outputs shape {tuple(self._target.output.shape)}: a localizer needs a 4-D "
-                f"[batch, h, w, channels] feature map (e.g. {default_layer(model)!r})"
+                f"[batch, h, w, channels] feature map or [batch, tokens, channels] tokens "
+                f"(e.g. {default_layer(model)!r})"
             )
         # A partial (no __code__) so TensorFlow keys its retracing warning to
         # this localizer, not to the method shared by all of them.
@@ -323,10 +359,10 @@ class Localizer:
             raise ValueError(
                 f"layer {self.layer!r} ran {len(hooks.captured)} times in one forward pass; need exactly once"
             )
-        if len(hooks.captured[0].shape) != 4:
+        if len(hooks.captured[0].shape) not in (3, 4):
             raise ValueError(
                 f"layer {self.layer!r} outputs shape {tuple(hooks.captured[0].shape)}: a localizer needs a 4-D "
-                "[batch, h, w, channels] feature map"
+                "[batch, h, w, channels] feature map or [batch, tokens, channels] tokens"
             )
         return logits, hooks.captured[0]
 
@@ -363,9 +399,12 @@ class Localizer:
         # Images are independent in inference mode, so the gradient of the
         # sum is each image's own gradient.
         grads = ops.cast(tape.gradient(score, features), "float32")
+        features = ops.cast(features, "float32")
+        if len(features.shape) == 3:  # tokens: the patch tokens laid out on their grid
+            features, grads = self.reshape(features), self.reshape(grads)
         if log_factor is not None:
             grads = grads * log_factor[:, None, None, None]
-        return self.weigh(ops.cast(features, "float32"), grads), logits
+        return self.weigh(features, grads), logits
 
     def raw_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
         """``(maps [B, h, w] at feature resolution, logits [B, K])``; one compiled tape pass.
@@ -402,10 +441,18 @@ class CAM(Localizer):
 
     name = "cam"
 
-    def __init__(self, model, layer: str | None = None, score: str = "logit", guided: bool | None = None, target=None):
+    def __init__(
+        self,
+        model,
+        layer: str | None = None,
+        score: str = "logit",
+        guided: bool | None = None,
+        target=None,
+        reshape=None,
+    ):
         if target is not None:
             raise ValueError("cam maps one class by its classifier weights; a target needs a gradient localizer")
-        super().__init__(model, layer, score, guided)
+        super().__init__(model, layer, score, guided, reshape=reshape)
         self._own_maps = isinstance(model, WSOLModel) and self.layer in ("cam", classifier_layer(model))
         if isinstance(model, WSOLModel) and not self._own_maps:
             raise ValueError(

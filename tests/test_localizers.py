@@ -352,3 +352,55 @@ def test_a_target_callable_is_differentiated_instead_of_one_class():
         localizers.get_localizer(model, "gradcam", "feat", target=lambda t: t[:, 0], score="softmax")
     with pytest.raises(ValueError, match=r"target returned shape \(2, 2\)"):
         localizers.get_localizer(model, "gradcam", "feat", target=lambda t: t).raw_maps(x)
+
+
+def tiny_vit():
+    """16 x 16 images, 4 x 4 patches (a 4 x 4 grid), a class token, two transformer blocks, a linear head."""
+    keras.utils.set_random_seed(3)
+    embed = keras.layers.Conv2D(8, 4, strides=4, name="patches")
+    cls = keras.layers.Dense(8, name="cls")  # the class token, from a constant input
+
+    def block(name):
+        inputs = keras.Input((17, 8))
+        norm = keras.layers.LayerNormalization()(inputs)
+        x = inputs + keras.layers.MultiHeadAttention(2, 4)(norm, norm)
+        x = x + keras.layers.Dense(8)(keras.layers.Dense(16, activation="gelu")(keras.layers.LayerNormalization()(x)))
+        return keras.Model(inputs, x, name=name)
+
+    block1, block2, head = block("block1"), block("block2"), keras.layers.Dense(3, name="head")
+
+    def tokens(images):
+        patches = keras.layers.Reshape((16, 8))(embed(images))
+        token = keras.layers.Reshape((1, 8))(cls(keras.ops.ones_like(images[:, 0, 0, :1])))
+        return keras.layers.Concatenate(axis=1)([token, patches])
+
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, head(block2(block1(tokens(inputs)))[:, 0]))
+    return model, tokens, block1, lambda z: head(block2(z)[:, 0])
+
+
+def test_token_layers_of_a_vit_give_gradcam_on_their_patch_grid_as_numpy_does():
+    model, tokens, block1, rest = tiny_vit()
+    x = np.random.default_rng(2).normal(size=(2, 16, 16, 3)).astype("float32")
+    ids = np.array([2, 0])
+    import tensorflow as tf
+
+    z = block1(tokens(x))
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        score = tf.gather(rest(z), ids, batch_dims=1)
+    g = tape.gradient(score, z).numpy()[:, 1:].reshape(2, 4, 4, 8)  # the class token dropped, the grid row by row
+    z = z.numpy()[:, 1:].reshape(2, 4, 4, 8)
+    expected = formulas(z, g)
+    for method in ("gradcam", "bagcams"):
+        if method == "bagcams":  # d log(s) / dZ on the raw logit, no ReLU in this model to guide through
+            g_log = g / np.maximum(np.asarray(model(x))[np.arange(2), ids], localizers.LOG_EPS)[:, None, None, None]
+            expected[method] = formulas(z, g_log)[method]
+        raw, _ = localizers.get_localizer(model, method, "block1").raw_maps(x, ids)
+        assert np.ptp(expected[method]) > 1e-4
+        np.testing.assert_allclose(np.asarray(raw), expected[method], rtol=1e-3, atol=1e-6)
+    own = localizers.get_localizer(
+        model, "gradcam", "block1", reshape=lambda t: keras.ops.reshape(t[:, 1:], (-1, 4, 4, 8))
+    )
+    np.testing.assert_allclose(np.asarray(own.raw_maps(x, ids)[0]), expected["gradcam"], rtol=1e-3, atol=1e-6)
+    assert tuple(localizers.token_grid(tf.zeros((1, 1 + 4 + 9, 2))).shape) == (1, 3, 3, 2)  # class token + 4 registers
