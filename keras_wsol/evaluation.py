@@ -511,7 +511,16 @@ class MaskEvaluator:
         }
 
 
-TABLE_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
+TABLE_KEYS = (
+    "Top-1 Cls",
+    "Top-1 Loc",
+    "GT-known Loc",
+    "MaxBoxAcc",
+    "MaxBoxAccV2",
+    "PxAP",
+    "Deletion AUC",
+    "Insertion AUC",
+)
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from keras_wsol import evaluation, localizers, visualize
+from keras_wsol import faithfulness as rise
 from keras_wsol.atomic import write_json
 from keras_wsol.data import pipeline
 from keras_wsol.data.splits import Split
@@ -162,16 +163,21 @@ def evaluate_split(
     num_pictures: int = 8,
     localizer=None,
     progress: str = "",
+    faithfulness_settings: dict | None = None,
 ) -> dict[str, dict]:
     """The model and both trivial baselines on ``split``: ``{"model": ..., "full_image": ..., ...}``.
 
     The model's maps come from ``localizer`` (default: CAM at the classifier
     layer). With ``output_dir``, writes ``metrics.json`` and the pictures there.
     ``progress``: a title for a progress bar on a terminal (:func:`score`).
+    ``faithfulness_settings`` (``steps``, ``fill``): add the model's deletion
+    and insertion AUC (:func:`faithfulness`).
     """
     localizer = localizer or localizers.get_localizer(model, "cam")
     runs, kept = score(localizer, split, protocol, batch_size, baselines=BASELINES, keep=64, progress=progress)
     results = {name: run.result() for name, run in runs.items()}
+    if faithfulness_settings is not None:
+        results["model"].update(faithfulness(localizer, split, batch_size=batch_size, **faithfulness_settings))
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         write_json(results, os.path.join(output_dir, "metrics.json"))
@@ -179,6 +185,25 @@ def evaluate_split(
             runs["model"], results["model"], kept, output_dir, num_pictures, runs, int(localizer.model.image_size)
         )
     return results
+
+
+def faithfulness(localizer, split: Split, steps: int = 16, fill: str = "blur", batch_size: int = 64) -> dict:
+    """Mean deletion and insertion AUC (:mod:`keras_wsol.faithfulness`) of ``localizer``'s maps on ``split``.
+
+    The maps and probabilities are those of each image's ground-truth class,
+    as the box scores'; the images at the model's input size.
+    """
+    deletion, insertion = [], []
+    for images, labels in pipeline.eval_dataset(split, batch_size, int(localizer.model.image_size)):
+        raw, _ = localizer.raw_maps(images.numpy(), labels.numpy())
+        maps = np.asarray(upsample_normalized(raw, images.shape[1:3]))
+        d, i = rise.curves(localizer.model, images.numpy(), maps, labels.numpy(), steps, fill)
+        deletion.append(rise.auc(d))
+        insertion.append(rise.auc(i))
+    return {
+        "Deletion AUC": 100 * float(np.concatenate(deletion).mean()),
+        "Insertion AUC": 100 * float(np.concatenate(insertion).mean()),
+    }
 
 
 def sweep_localizers(
@@ -189,13 +214,15 @@ def sweep_localizers(
     protocol: Protocol = Protocol(),
     batch_size: int = 64,
     progress: bool = False,
+    faithfulness_settings: dict | None = None,
     **options,
 ) -> dict[str, dict]:
     """Every localizer at every layer on ``split``: ``{"bagcams@low": {...}, ...}`` (Tables 4-6 of BagCAMs).
 
     CAM exists only at a WSOLModel's classifier layer (``cam``, or ``high``
     when there is no extra head); other layers are left out for it.
-    ``progress``: a progress bar per localizer on a terminal.
+    ``progress``: a progress bar per localizer on a terminal;
+    ``faithfulness_settings`` as :func:`evaluate_split`.
     """
     results = {}
     for layer in layers:
@@ -206,6 +233,8 @@ def sweep_localizers(
             name = f"{method}@{layer}"
             title = f"{name} ({len(results) + 1} of {len(methods) * len(layers)} at most)" if progress else ""
             results[name] = score(localizer, split, protocol, batch_size, progress=title)[0]["model"].result()
+            if faithfulness_settings is not None:
+                results[name].update(faithfulness(localizer, split, batch_size=batch_size, **faithfulness_settings))
     return results
 
 

@@ -190,9 +190,13 @@ def test_evaluate_with_any_localizer_and_the_sweep(workdir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(os.path.join(workdir, "eval_val_bagcams_mid", "metrics.json"))
     fused = ["--localizer=gradcam", "--layer=mid,high", "--layer_fusion=mean", f"--output_dir={tmp_path}/fused"]
-    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", *fused)
+    result = run(
+        "evaluate.py", f"--workdir={workdir}", "--split=val", *fused, "--faithfulness", "--faithfulness_steps=2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.load(open(tmp_path / "fused" / "metrics.json"))["model"]["num_images"] == 12
+    scores = json.load(open(tmp_path / "fused" / "metrics.json"))["model"]
+    assert scores["num_images"] == 12 and 0 <= scores["Deletion AUC"] <= 100 and 0 <= scores["Insertion AUC"] <= 100
+    assert "Insertion AUC" in result.stdout
     result = run(
         "evaluate.py",
         f"--workdir={workdir}",

@@ -101,6 +101,14 @@ def define_evaluate_flags() -> None:
         lower_bound=0,
         upper_bound=0.999,
     )
+    flags.DEFINE_bool(
+        "faithfulness",
+        False,
+        "Also score the maps' deletion and insertion AUC (keras_wsol.faithfulness; RISE, Petsiuk et al. 2018): "
+        "the class probability as the map's pixels are removed or revealed, highest first.",
+    )
+    flags.DEFINE_integer("faithfulness_steps", 16, "--faithfulness: pixel steps from 0 to all.", lower_bound=1)
+    flags.DEFINE_enum("faithfulness_fill", "blur", ("blur", "mean"), "--faithfulness: what a removed pixel shows.")
     flags.DEFINE_list(
         "inference_setting",
         [],
@@ -420,6 +428,7 @@ def main(argv: list[str]) -> None:
             )
             return
         split = wsol_flags.load_split(FLAGS.split)
+        rise = {"steps": FLAGS.faithfulness_steps, "fill": FLAGS.faithfulness_fill} if FLAGS.faithfulness else None
         classes = getattr(model, "num_classes", None) or int(model.outputs[0].shape[-1])
         wsol_flags.check_data({FLAGS.split: split}, num_classes=classes)
         if "all" in (FLAGS.localizer, FLAGS.layer):
@@ -430,7 +439,9 @@ def main(argv: list[str]) -> None:
                 else [FLAGS.layer or localizers.classifier_layer(model)]
             )
             out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers{settings_suffix()}")
-            results = reporting.sweep_localizers(model, split, methods, layers, protocol, progress=True, **options)
+            results = reporting.sweep_localizers(
+                model, split, methods, layers, protocol, progress=True, faithfulness_settings=rise, **options
+            )
             os.makedirs(out, exist_ok=True)
             write_json(results, os.path.join(out, "localizers.json"))
             print(evaluation.format_table(results))
@@ -449,6 +460,7 @@ def main(argv: list[str]) -> None:
         protocol,
         localizer=localizer,
         progress=f"{FLAGS.split} split, {localizer.name}@{localizer.layer}",
+        faithfulness_settings=rise,
     )
     print(evaluation.format_table(results))
     if FLAGS.compare_workdirs:
