@@ -413,6 +413,10 @@ class Localizer:
         predicted class; one integer for every image; None: predicted.
         """
         images = tf.convert_to_tensor(images)
+        return self._raw(images, self.class_id_tensor(images, class_ids))
+
+    def class_id_tensor(self, images: tf.Tensor, class_ids) -> tf.Tensor:
+        """``class_ids`` checked against the model's classes, as int32 ``[B]`` (-1: the predicted class)."""
         if class_ids is None:
             class_ids = -1
         if not tf.is_tensor(class_ids):
@@ -430,7 +434,7 @@ class Localizer:
             class_ids = tf.fill(tf.shape(images)[:1], int(ids)) if ids.ndim == 0 else ids
         elif not class_ids.dtype.is_integer:  # a float tensor's values cannot be checked before the cast
             raise ValueError(f"class_ids must be integers, got {class_ids.dtype.name}")
-        return self._raw(images, tf.cast(class_ids, tf.int32))
+        return tf.cast(class_ids, tf.int32)
 
     def __call__(self, images, class_ids=None) -> tf.Tensor:
         return upsample_normalized(self.raw_maps(images, class_ids)[0], ops.shape(images)[1:3])
@@ -550,19 +554,22 @@ class LayerFusion:
         first = self.parts[0]
         self.model, self.name, self.num_classes = first.model, first.name, first.num_classes
         self.layer = ",".join(p.layer for p in self.parts)
+        self._fused = tf.function(self._fused_maps, reduce_retracing=True)
 
-    def raw_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(fused maps [B, H, W] at the input size, logits [B, K])``."""
-        images = tf.convert_to_tensor(images)
-        first, logits = self.parts[0].raw_maps(images, class_ids)
-        ids = -1 if class_ids is None else class_ids
-        ids = predicted_where_negative(ops.broadcast_to(ops.cast(ids, "int32"), ops.shape(logits)[:1]), logits)
+    def _fused_maps(self, images, class_ids):
+        first, logits = self.parts[0]._raw_maps(images, class_ids)
+        class_ids = predicted_where_negative(class_ids, logits)  # every layer explains the first one's class
         size = ops.shape(images)[1:3]
         maps = [upsample_normalized(first, size)]
-        maps += [upsample_normalized(part.raw_maps(images, ids)[0], size) for part in self.parts[1:]]
+        maps += [upsample_normalized(part._raw_maps(images, class_ids)[0], size) for part in self.parts[1:]]
         stacked = ops.stack(maps, axis=0)
         fused = ops.max(stacked, axis=0) if self.fusion == "max" else ops.mean(stacked, axis=0)
         return upsample_normalized(fused, size), logits
+
+    def raw_maps(self, images, class_ids=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(fused maps [B, H, W] at the input size, logits [B, K])``; one compiled pass over every layer."""
+        images = tf.convert_to_tensor(images)
+        return self._fused(images, self.parts[0].class_id_tensor(images, class_ids))
 
     def __call__(self, images, class_ids=None) -> tf.Tensor:
         return self.raw_maps(images, class_ids)[0]
