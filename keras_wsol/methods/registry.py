@@ -35,10 +35,8 @@ def register_method(cls: type[WSOLModel]) -> type[WSOLModel]:
     return cls
 
 
-#: The library's own methods, registered in this order.
-BUILT_IN = ("cam", "cams2i", "complementary", "minmaxcam", "ornet")
-for _method in (CAM, CAMs2i, Complementary, MinMaxCAM, ORNet):
-    register_method(_method)
+#: The library's own methods, registered in this order (one list: their names follow from the classes).
+BUILT_IN = tuple(register_method(cls).method_name for cls in (CAM, CAMs2i, Complementary, MinMaxCAM, ORNet))
 
 
 def get_method(name: str) -> type[WSOLModel]:
