@@ -165,7 +165,7 @@ def markdown_table(method: str, parameters: tuple[HyperParameter, ...]) -> str:
         default = ",".join(map(str, p.default)) if p.is_tuple else ("none" if p.default is None else p.default)
         aliases = "".join(f" (`--{a}`)" for a in p.aliases)
         scope = (
-            " Inference only: `evaluate.py --inference_setting={p.name}=...` changes it on a trained model."
+            f". Inference only: `evaluate.py --inference_setting={p.name}=...` changes it on a trained model"
             if p.inference_only
             else ""
         )
