@@ -28,15 +28,18 @@ print("PARSED", len(commands))
 
 
 def commands() -> dict[str, list[list[str]]]:
-    """The arguments of each ``python train.py|evaluate.py ...`` line of the code blocks, ``$CUB`` expanded."""
+    """The arguments of each ``python train.py|evaluate.py ...`` line of the code blocks, ``$CUB``/``$TINY`` expanded."""
     text = open(REPRODUCE, encoding="utf-8").read()
-    cub = shlex.split(re.search(r'^CUB="([^"]*)"', text, re.M).group(1).replace("$DATA", "/data"))
+    variables = {
+        f"${name}": shlex.split(value.replace("$DATA", "/data"))
+        for name, value in re.findall(r'^(CUB|TINY)="([^"]*)"', text, re.M)
+    }
     found = {"train.py": [], "evaluate.py": []}
     for block in re.findall(r"```\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line.split("#")[0])
             if words[:1] == ["python"] and words[1] in found:
-                found[words[1]].append([a for w in words[2:] for a in (cub if w == "$CUB" else [w])])
+                found[words[1]].append([a for w in words[2:] for a in variables.get(w, [w])])
     return found
 
 
