@@ -28,7 +28,7 @@ print("PARSED", len(commands))
 
 
 def commands() -> dict[str, list[list[str]]]:
-    """The arguments of each ``python train.py|evaluate.py ...`` line of the code blocks, ``$CUB``/``$TINY`` expanded."""
+    """The arguments of each ``python train.py|evaluate.py ...`` line of the code blocks, $CUB and $TINY expanded."""
     text = open(REPRODUCE, encoding="utf-8").read()
     variables = {
         f"${name}": shlex.split(value.replace("$DATA", "/data"))
