@@ -445,18 +445,10 @@ class CAM(Localizer):
 
     name = "cam"
 
-    def __init__(
-        self,
-        model,
-        layer: str | None = None,
-        score: str = "logit",
-        guided: bool | None = None,
-        target=None,
-        reshape=None,
-    ):
+    def __init__(self, model, layer: str | None = None, target=None, **options):
         if target is not None:
             raise ValueError("cam maps one class by its classifier weights; a target needs a gradient localizer")
-        super().__init__(model, layer, score, guided, reshape=reshape)
+        super().__init__(model, layer, **options)
         self._own_maps = isinstance(model, WSOLModel) and self.layer in ("cam", classifier_layer(model))
         if isinstance(model, WSOLModel) and not self._own_maps:
             raise ValueError(
