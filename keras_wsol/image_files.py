@@ -31,6 +31,7 @@ import tensorflow as tf
 from keras_wsol import visualize
 from keras_wsol.data.pipeline import read_image
 from keras_wsol.evaluation import boxes_at_threshold
+from keras_wsol.localization import model_side
 from keras_wsol.localizers import Localizer
 from keras_wsol.maps import upsample_normalized
 
@@ -93,15 +94,6 @@ def _overlay_names(paths: list[str], output_dir: str, suffix: str) -> list[str]:
     return names
 
 
-def _model_side(localizer: Localizer) -> int:
-    """The square input side of the localizer's model (a WSOLModel's ``image_size``, else its input shape)."""
-    model = localizer.model
-    side = getattr(model, "image_size", None) or model.input_shape[1]
-    if not side:
-        raise ValueError(f"{model.name} takes images of any size; build it for a fixed square input")
-    return int(side)
-
-
 def localize_files(
     localizer: Localizer,
     paths: list[str],
@@ -118,7 +110,7 @@ def localize_files(
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold={threshold}: must be in [0, 1)")
     images = {path: read_rgb(path) for path in paths}
-    side = _model_side(localizer)
+    side = model_side(localizer)
     os.makedirs(output_dir, exist_ok=True)
     found = []
     for (path, image), overlay in zip(images.items(), _overlay_names(list(images), output_dir, localizer.name)):

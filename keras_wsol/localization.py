@@ -91,6 +91,15 @@ def resolve_threshold(threshold: float | str, scoremap: np.ndarray) -> float:
     return float(threshold)
 
 
+def model_side(localizer) -> int:
+    """The square input side of a localizer's model (a WSOLModel's ``image_size``, else its input shape)."""
+    model = localizer.model
+    side = getattr(model, "image_size", None) or model.input_shape[1]
+    if not side:
+        raise ValueError(f"{model.name} takes images of any size; build it for a fixed square input")
+    return int(side)
+
+
 def _as_images(images) -> list[np.ndarray]:
     """A batch array/tensor or a list of ``[H, W, 3]`` images as a list of float32 arrays."""
     if isinstance(images, (list, tuple)):
@@ -124,12 +133,10 @@ def localize(
     resolve_threshold(threshold, np.zeros((2, 2)))  # a bad threshold fails before any model work
     ids = [-1] * len(arrays) if class_ids is None else list(np.broadcast_to(np.asarray(class_ids), (len(arrays),)))
     found = cached_localizer(model, localizer, layer, **options)
-    side = getattr(found.model, "image_size", None) or found.model.input_shape[1]
-    if not side:
-        raise ValueError(f"{found.model.name} takes images of any size; build it for a fixed square input")
-    batch = tf.stack([tf.image.resize(image, (side, side)) for image in arrays]) if arrays else None
-    if batch is None:
+    side = model_side(found)
+    if not arrays:
         return []
+    batch = tf.stack([tf.image.resize(image, (side, side)) for image in arrays])
     maps, logits = found.raw_maps(batch, np.asarray(ids, np.int64))
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32)).numpy()
     chosen = np.where(np.asarray(ids) < 0, probabilities.argmax(axis=1), np.asarray(ids))
