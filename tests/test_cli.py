@@ -166,6 +166,10 @@ def test_help_lists_the_flags_and_evaluate_help_needs_no_tensorflow():
         (["--method=camm"], "{file}:1: flag --method=camm"),
         (["--nojit_compile", "epochs=2"], "{file}:2: 'epochs=2' is not a flag"),
         (["--flagfile={file}"], "includes itself"),
+        (
+            ["--method=complementary", "--beta=10"],
+            "{file}:2: --beta was renamed --complementary_beta in keras_wsol 0.2.0",
+        ),
     ],
 )
 def test_flagfile_errors_name_the_file_and_line(lines, error, tmp_path):
@@ -174,6 +178,16 @@ def test_flagfile_errors_name_the_file_and_line(lines, error, tmp_path):
     result = run("train.py", f"--flagfile={path}", f"--workdir={tmp_path / 'run'}")
     assert result.returncode != 0 and error.format(file=path) in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "flag,new",
+    [("--lambda_frr=10", "--minmaxcam_lambda_frr"), ("--nouse_caam", "--nocomplementary_use_caam")],
+)
+def test_a_flag_renamed_in_0_2_0_fails_naming_its_new_name(flag, new, tmp_path):
+    result = run("train.py", flag, f"--workdir={tmp_path}")
+    assert result.returncode != 0 and f"--{flag[2:].split('=')[0]} was renamed {new} in" in result.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
 
 
 @pytest.mark.parametrize(
@@ -277,8 +291,8 @@ def test_dataset_flags_fail_naming_the_flag_or_file(flags, message, tmp_path):
 @pytest.mark.parametrize(
     "method,flags",
     [
-        ("cams2i", ["--classifier_channels=8", "--inter_dim=4", "--set_size=2", "--sets_per_batch=3"]),
-        ("complementary", ["--patch_sizes=32"]),
+        ("cams2i", ["--cams2i_classifier_channels=8", "--cams2i_inter_dim=4", "--set_size=2", "--sets_per_batch=3"]),
+        ("complementary", ["--complementary_patch_sizes=32"]),
     ],
 )
 def test_train_the_published_methods_from_flags(method, flags, tmp_path):
@@ -311,7 +325,10 @@ def test_train_the_published_methods_from_flags(method, flags, tmp_path):
     "flags,message",
     [
         (["--method=cams2i", "--backbone=inception_v3"], "s2_tap='mid'"),
-        (["--method=complementary", "--patch_sizes=16,big"], "--complementary_patch_sizes: give int values >= 1"),
+        (
+            ["--method=complementary", "--complementary_patch_sizes=16,big"],
+            "--complementary_patch_sizes: give int values >= 1",
+        ),
     ],
 )
 def test_method_settings_the_backbone_cannot_take_fail_naming_the_flag(flags, message, tmp_path):
@@ -358,19 +375,21 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     """The CAM run of ``workdir`` is the evaluator; stage 2 starts from stage 1's best checkpoint."""
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     evaluator = os.path.join(workdir, "checkpoints", "best.keras")
-    result = run("train.py", f"--workdir={stage1}", "--method=ornet", "--generator_channels=8", *TINY, "--epochs=1")
+    result = run(
+        "train.py", f"--workdir={stage1}", "--method=ornet", "--ornet_generator_channels=8", *TINY, "--epochs=1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     refine = [
         "--method=ornet",
         "--ornet_stage=2",
         *TINY,
         "--epochs=1",
-        f"--evaluator_checkpoint={evaluator}",
-        f"--stage1_checkpoint={stage1 / 'checkpoints' / 'best.keras'}",
+        f"--ornet_evaluator_checkpoint={evaluator}",
+        f"--ornet_stage1_checkpoint={stage1 / 'checkpoints' / 'best.keras'}",
     ]
     for args, message in (
         (refine[:-1], "--ornet_stage1_checkpoint is required"),
-        (refine[:-2] + [f"--evaluator_checkpoint={tmp_path}/none.keras", refine[-1]], "none.keras: no such file"),
+        (refine[:-2] + [f"--ornet_evaluator_checkpoint={tmp_path}/none.keras", refine[-1]], "none.keras: no such file"),
         (refine + ["--backbone=vgg16"], "backbone='vgg16' but the stage-1 model has 'small'"),
     ):
         result = run("train.py", f"--workdir={tmp_path / 'bad'}", *args)

@@ -26,6 +26,15 @@ def test_readme_flag_tables_are_generated_from_the_declarations():
             assert parameter.source, f"{name}.{parameter.name} names no source for its default"
 
 
+def test_the_changelog_lists_every_renamed_flag_and_the_version():
+    text = open(os.path.join(ROOT, "CHANGELOG.md"), encoding="utf-8").read()
+    assert f"## {keras_wsol.__version__}" in text
+    for name, cls in METHODS.items():
+        for parameter in cls.hyperparameters:
+            for old in parameter.renamed_from:
+                assert f"| `--{old}` | `--{flag_name(name, parameter)}` |" in text, old
+
+
 def test_every_method_docstring_lists_its_hyperparameters():
     for cls in METHODS.values():
         for parameter in cls.hyperparameters:

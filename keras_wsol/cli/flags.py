@@ -2,7 +2,8 @@
 
 A method never reads these: the commands turn them into arguments. Each
 registered method's hyper-parameters become ``--<method>_<name>`` flags
-(:mod:`keras_wsol.methods.hyperparameters`), with their older names as aliases.
+(:mod:`keras_wsol.methods.hyperparameters`); a name they had before 0.2.0 fails with a message naming
+the flag it became (:data:`RENAMED`, CHANGELOG.md).
 
 Example:
     >>> from absl import flags as absl_flags
@@ -25,6 +26,10 @@ FLAGS = flags.FLAGS
 #: The flags that say which data a run uses: ``evaluate`` replays them from a workdir's flags.txt. Filled by
 #: :func:`define_data_flags` with every flag it defines before the loader and protocol flags, so none is forgotten.
 DATA_FLAGS: list[str] = []
+
+#: ``{name before 0.2.0: flag}`` for the renamed method flags: given, an old name is an error naming the new one
+#: (:func:`parse_flags`). Filled by :func:`define_model_flags`.
+RENAMED: dict[str, str] = {}
 
 #: The data flags only some sources read: given with another ``--dataset`` they are refused, not ignored (a user's
 #: ``--data_root`` without ``--dataset=folder`` would otherwise train on the synthetic benchmark, silently).
@@ -73,6 +78,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     """
     try:
         for i, argument in enumerate(argv[1:], 1):
+            if argument == "--":
+                break
+            if argument.startswith("-") and _renamed(argument):
+                raise flags.Error(_renamed(argument))
             if argument.startswith("--flagfile="):
                 _check_flagfile(argument.split("=", 1)[1], ())
             elif argument == "--flagfile" and i + 1 < len(argv):
@@ -81,6 +90,17 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.stderr.write(f"FATAL Flags parsing error: {error}\nPass --help to see the flags.\n")
         sys.exit(1)
     return app.parse_flags_with_usage(argv)
+
+
+def _renamed(argument: str) -> str | None:
+    """The message for ``argument`` (``--name[=value]``) when ``name`` is a flag's name before 0.2.0, else None."""
+    name = argument.lstrip("-").partition("=")[0]
+    negated = name.startswith("no") and name[2:] in RENAMED and name not in RENAMED
+    old = name[2:] if negated else name
+    if old not in RENAMED or old in FLAGS:
+        return None
+    new = ("no" if negated else "") + RENAMED[old]
+    return f"--{name} was renamed --{new} in keras_wsol 0.2.0 (CHANGELOG.md lists every renamed flag)"
 
 
 def _check_flagfile(path: str, including: tuple[str, ...]) -> None:
@@ -102,6 +122,8 @@ def _check_flagfile(path: str, including: tuple[str, ...]) -> None:
         if name == "flagfile":
             _check_flagfile(value, (*including, path))
             continue
+        if _renamed(text):
+            raise flags.Error(f"{where}: {_renamed(text)}")
         boolean = name.startswith("no") and name[2:] in FLAGS and FLAGS[name[2:]].boolean and not has_value
         if name not in FLAGS and not boolean:
             from absl.flags import _helpers
@@ -328,7 +350,7 @@ def define_model_flags() -> None:
 
 
 def define_hyperparameter_flags(method_name: str, method) -> None:
-    """``--<method_name>_<name>`` for each of ``method``'s hyper-parameters, and their aliases."""
+    """``--<method_name>_<name>`` for each of ``method``'s hyper-parameters (names before 0.2.0: :data:`RENAMED`)."""
     from keras_wsol.methods.hyperparameters import flag_name
 
     for parameter in method.hyperparameters:
@@ -368,9 +390,7 @@ def define_hyperparameter_flags(method_name: str, method) -> None:
                 lambda v, choices=parameter.choices: v in choices,
                 message=f"--{flag}: choose one of {', '.join(map(str, parameter.choices))}",
             )
-        for alias in parameter.aliases:
-            if alias not in FLAGS:
-                flags.DEFINE_alias(alias, flag)
+        RENAMED.update({old: flag for old in parameter.renamed_from})
 
 
 def _valid_list(parameter, values: list[str]) -> bool:

@@ -106,13 +106,13 @@ def write_flagfile(path: str) -> None:
     a method's own defaults for the optimizer flags (``optimizer_settings``)
     apply again instead of being pinned to the flags' generic defaults. The
     model's hyper-parameters, defaults included, are in the checkpoint's
-    config. Aliases are written under their flag's own name.
+    config.
     """
     lines = [
         f.serialize()
         for module in (sys.argv[0], wsol_flags.__name__)
         for f in FLAGS.get_flags_for_module(module)
-        if f.present and type(f).__name__ != "_FlagAlias"
+        if f.present
     ]
     write_text(path, "\n".join(sorted(set(lines))) + "\n")
 

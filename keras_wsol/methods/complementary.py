@@ -99,7 +99,7 @@ class Complementary(WSOLModel):
             "image ('mixed'); one entry for a fixed size; scaled below 224 px",
             "paper Sec. 4.3 (mixed patch sizes, uniform per image)",
             minimum=1,
-            aliases=("patch_sizes",),
+            renamed_from=("patch_sizes",),
         ),
         HyperParameter(
             "hide_prob",
@@ -108,7 +108,7 @@ class Complementary(WSOLModel):
             "paper Sec. 4.3",
             minimum=0,
             maximum=1,
-            aliases=("hide_prob",),
+            renamed_from=("hide_prob",),
         ),
         HyperParameter(
             "hide_fill",
@@ -124,7 +124,7 @@ class Complementary(WSOLModel):
             "weight of the attention-based fusion loss (Eq. 15); 0 drops it",
             "paper Sec. 3.6 (beta = 50)",
             minimum=0,
-            aliases=("beta",),
+            renamed_from=("beta",),
         ),
         HyperParameter(
             "fusion_reduction",
@@ -150,21 +150,21 @@ class Complementary(WSOLModel):
             True,
             "train with CAAM (Eq. 1-6); false: the Table 5 ablation",
             "paper Sec. 3.3",
-            aliases=("use_caam",),
+            renamed_from=("use_caam",),
         ),
         HyperParameter(
             "use_ssam",
             True,
             "train with SSAM (Eq. 7-8); false: the Table 5 ablation",
             "paper Sec. 3.4",
-            aliases=("use_ssam",),
+            renamed_from=("use_ssam",),
         ),
         HyperParameter(
             "attention_at_inference",
             False,
             "keep CAAM and SSAM on at inference",
             "our reading of Sec. 1: the whole test image, no hiding, one branch",
-            aliases=("attention_at_inference",),
+            renamed_from=("attention_at_inference",),
             inference_only=True,
         ),
         HyperParameter(

@@ -40,7 +40,8 @@ class HyperParameter:
         minimum, maximum: bounds of a number (inclusive).
         flag: a shared flag that sets it (e.g. ``set_size``, read by the data
             pipeline too) instead of ``--<method>_<name>``; ``""`` for no flag.
-        aliases: older flag names that still work.
+        renamed_from: flag names it had before 0.2.0; given, they fail with a message naming
+            this flag (CHANGELOG.md).
         statistic: filled from the training data by the CLI (``"mean_pixel"`` or ``"std_pixel"``);
             no flag.
         saved: part of ``get_config`` (False for build inputs such as
@@ -60,7 +61,7 @@ class HyperParameter:
     minimum: float | None = None
     maximum: float | None = None
     flag: str | None = None
-    aliases: tuple[str, ...] = ()
+    renamed_from: tuple[str, ...] = ()
     statistic: str | None = None
     saved: bool = True
     inference_only: bool = False
@@ -163,11 +164,10 @@ def markdown_table(method: str, parameters: tuple[HyperParameter, ...]) -> str:
         if flag is None:
             continue
         default = ",".join(map(str, p.default)) if p.is_tuple else ("none" if p.default is None else p.default)
-        aliases = "".join(f" (`--{a}`)" for a in p.aliases)
         scope = (
             f". Inference only: `evaluate.py --inference_setting={p.name}=...` changes it on a trained model"
             if p.inference_only
             else ""
         )
-        rows.append(f"| `--{flag}`{aliases} | {default} | {p.help}{scope} | {p.source} |")
+        rows.append(f"| `--{flag}` | {default} | {p.help}{scope} | {p.source} |")
     return "\n".join(rows)

@@ -123,7 +123,7 @@ class ORNet(WSOLModel):
             "width of the generator's encoder-decoder",
             "official config C_BASE: 64",
             minimum=1,
-            aliases=("generator_channels",),
+            renamed_from=("generator_channels",),
         ),
         HyperParameter(
             "alpha",
@@ -136,7 +136,11 @@ class ORNet(WSOLModel):
             "beta", 0.02, "stage 2: weight of the area loss (Eq. 10); 0 drops it", "paper Sec. 4.4", minimum=0
         ),
         HyperParameter(
-            "mu", 0.5, "stage 2: mean of the entropy weighting (Eq. 15)", "paper Sec. 3.2.1", aliases=("entropy_mu",)
+            "mu",
+            0.5,
+            "stage 2: mean of the entropy weighting (Eq. 15)",
+            "paper Sec. 3.2.1",
+            renamed_from=("entropy_mu",),
         ),
         HyperParameter(
             "sigma",
@@ -144,14 +148,14 @@ class ORNet(WSOLModel):
             "stage 2: width of the entropy weighting (Eq. 15)",
             "paper Sec. 3.2.1",
             minimum=1e-6,
-            aliases=("entropy_sigma",),
+            renamed_from=("entropy_sigma",),
         ),
         HyperParameter(
             "erasing",
             True,
             "stage 2: attentive erasing in training",
             "paper Sec. 3.2.2",
-            aliases=("attentive_erasing",),
+            renamed_from=("attentive_erasing",),
         ),
         HyperParameter(
             "erasing_recipe",
@@ -193,7 +197,7 @@ class ORNet(WSOLModel):
             "our first reading: the paper gives no value",
             minimum=0,
             maximum=1,
-            aliases=("erase_threshold",),
+            renamed_from=("erase_threshold",),
         ),
         HyperParameter(
             "erase_size",
@@ -202,7 +206,7 @@ class ORNet(WSOLModel):
             "our first reading: the paper says 'random height and width'",
             minimum=1e-6,
             maximum=1,
-            aliases=("erase_size",),
+            renamed_from=("erase_size",),
         ),
         HyperParameter(
             "erase_prob",
@@ -211,7 +215,7 @@ class ORNet(WSOLModel):
             "our first reading of Sec. 3.2.2",
             minimum=0,
             maximum=1,
-            aliases=("erase_prob",),
+            renamed_from=("erase_prob",),
         ),
         HyperParameter(
             "evaluator_mask",
@@ -260,7 +264,7 @@ class ORNet(WSOLModel):
             "stage 2: peak learning rate (--learning_rate is stage 1's, and wins when given at stage 2)",
             "paper Sec. 4.1",
             minimum=0,
-            aliases=("refine_learning_rate",),
+            renamed_from=("refine_learning_rate",),
         ),
         HyperParameter("seed", None, "seed of the erasing; none: random", "our choice", kind=int, flag=""),
         HyperParameter(
@@ -271,7 +275,7 @@ class ORNet(WSOLModel):
             "build input (official config/CUB_200_2011.yaml ATT_CHECKPOINT: the stage-1 last epoch)",
             kind=str,
             saved=False,
-            aliases=("stage1_checkpoint",),
+            renamed_from=("stage1_checkpoint",),
         ),
         HyperParameter(
             "evaluator_checkpoint",
@@ -280,7 +284,7 @@ class ORNet(WSOLModel):
             "build input",
             kind=str,
             saved=False,
-            aliases=("evaluator_checkpoint",),
+            renamed_from=("evaluator_checkpoint",),
         ),
     )
     class_agnostic_maps = True
