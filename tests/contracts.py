@@ -41,6 +41,19 @@ def short_fit_lowers_the_loss(make) -> None:
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
+def xla_compiles_unless_declared_otherwise(make) -> None:
+    """A model that does not set ``supports_jit = False`` trains and predicts XLA-compiled (on the CPU's XLA): Keras'
+    ``jit_compile="auto"``, the train command's default, turns XLA on for such a model on one GPU."""
+    x, y = batches()
+    keras.utils.set_random_seed(0)
+    model = make()
+    if not model.supports_jit:
+        return
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    losses = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), epochs=1, steps_per_epoch=2, verbose=0)
+    assert np.all(np.isfinite(losses.history["loss"])) and np.all(np.isfinite(model.predict(x, verbose=0)))
+
+
 def save_load_round_trips(make, path) -> None:
     """``model.save`` then ``keras.models.load_model``: same class, same config, identical logits and maps."""
     x, y = batches()

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from keras_wsol.cli import quiet
 from keras_wsol.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,13 +25,14 @@ TINY = [
 TRAINING = [f for f in TINY if not f.startswith(("--num_classes", "--train_images", "--eval_images"))]
 
 
-def run(script, *args, interpreter_args=()):
+def run(script, *args, interpreter_args=(), env=None):
     return subprocess.run(
         [sys.executable, *interpreter_args, os.path.join(ROOT, script), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
 
 
@@ -78,9 +80,12 @@ def test_train_writes_checkpoints_flags_logs_and_pictures(workdir):
 
 
 def test_evaluate_workdir_reuses_the_run_flags(workdir, tmp_path):
-    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", f"--output_dir={tmp_path}")
+    # As a user runs it: TF_CPP_MIN_LOG_LEVEL unset, so TensorFlow's start-up notices must not reach the terminal.
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    result = run("evaluate.py", f"--workdir={workdir}", "--split=val", f"--output_dir={tmp_path}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.load(open(tmp_path / "metrics.json"))["model"]["num_images"] == 12
+    assert not [line for line in result.stderr.splitlines() if quiet.NOISE.search(line)], result.stderr[:2000]
 
 
 def test_evaluate_checkpoint_takes_its_workdirs_data_or_needs_data_flags(workdir, tmp_path):

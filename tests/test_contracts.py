@@ -11,6 +11,7 @@ from keras_wsol.methods import METHODS
 
 VARIANTS = [(cls, name) for cls in METHODS.values() for name in cls.variants(**contracts.ARCHITECTURE)]
 IDS = [name for _, name in VARIANTS]
+VARIANTS_BY_NAME = [(name, cls) for cls, name in VARIANTS]
 
 
 def make(cls, name, deterministic=False):
@@ -26,6 +27,16 @@ def test_the_registry_covers_every_method_and_stage():
 @pytest.mark.parametrize("cls,name", VARIANTS, ids=IDS)
 def test_short_fit_lowers_the_loss(cls, name):
     contracts.short_fit_lowers_the_loss(make(cls, name))
+
+
+@pytest.mark.parametrize("cls,name", VARIANTS, ids=IDS)
+def test_xla_compiles_unless_the_model_says_it_cannot(cls, name):
+    contracts.xla_compiles_unless_declared_otherwise(make(cls, name))
+
+
+def test_ornet_stage2_says_xla_cannot_compile_its_nearest_upsampling():
+    stage2 = dict(VARIANTS_BY_NAME)["ornet_stage2"]
+    assert not make(stage2, "ornet_stage2")().supports_jit
 
 
 @pytest.mark.parametrize("cls,name", VARIANTS, ids=IDS)

@@ -17,6 +17,7 @@ from keras_wsol import evaluation
 from keras_wsol.atomic import write_json
 from keras_wsol.choices import DEFAULT_BOX_THRESHOLD, LOCALIZER_NAMES
 from keras_wsol.cli import flags as wsol_flags
+from keras_wsol.cli import quiet
 
 if TYPE_CHECKING:
     from keras_wsol.localizers import Localizer
@@ -470,6 +471,7 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """The evaluate command: define the flags, parse ``argv``, run the mode they ask for."""
+    quiet.install()
     define_evaluate_flags()
     wsol_flags.show_in_help(__name__, wsol_flags.__name__)
     app.run(wsol_flags.errors_without_help(main), argv=argv, flags_parser=wsol_flags.parse_flags)

@@ -529,7 +529,13 @@ def define_train_flags() -> None:
         "With more than one replica, BatchNorm averages its statistics over "
         "the global batch (as on one device); --nosync_batchnorm keeps per-replica statistics.",
     )
-    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step.")
+    flags.DEFINE_boolean(
+        "jit_compile",
+        None,
+        "XLA-compile the train, test and predict steps. Default: Keras' own choice (jit_compile='auto': on with one "
+        "GPU when every layer supports it, off on the CPU and under tf.distribute); --jit_compile forces it on, "
+        "--nojit_compile off.",
+    )
     flags.DEFINE_enum(
         "select_checkpoint",
         "val_localization",

@@ -19,6 +19,7 @@ from absl import app, logging
 
 from keras_wsol.atomic import write_json, write_text
 from keras_wsol.cli import flags as wsol_flags
+from keras_wsol.cli import quiet
 
 FLAGS = wsol_flags.FLAGS
 
@@ -371,7 +372,7 @@ def main(argv: list[str]) -> None:
         model.compile(
             optimizer=build_optimizer(steps * model.optimizer_steps_per_batch, settings),
             make_optimizer=functools.partial(build_optimizer, steps, settings),
-            jit_compile=FLAGS.jit_compile,
+            jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         )
     ckpt = os.path.join(workdir, "checkpoints")
     monitor, selection = FLAGS.select_checkpoint, []
@@ -445,6 +446,7 @@ def evaluate_test(test, identity: dict[str, str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """The train command: define the flags (every registered method's included), parse ``argv``, train."""
+    quiet.install()
     wsol_flags.define_train_flags()
     wsol_flags.show_in_help(__name__, wsol_flags.__name__)
     app.run(wsol_flags.errors_without_help(main), argv=argv, flags_parser=wsol_flags.parse_flags)

@@ -423,6 +423,9 @@ class ORNetRefinement(ORNet):
         self._evaluator_source = evaluator
         super().__init__(*args, **kwargs)
         self._freeze_for_stage()
+        # XLA has no kernel for the gradient of a nearest-neighbour resize (Eq. 9's upsampling, the official
+        # default): Keras' jit_compile="auto" then leaves the steps uncompiled instead of failing.
+        self.supports_jit = self.mask_upsampling != "nearest"
 
     def create_method_state(self) -> None:
         super().create_method_state()
