@@ -72,7 +72,7 @@ def main() -> None:
     reference = protocol_reference.box_counts(maps, boxes, args.interval)
     slow = (time.perf_counter() - start) / len(maps)
     start = time.perf_counter()
-    fast_eval = evaluation.BoxEvaluator(args.interval)
+    fast_eval = evaluation.BoxEvaluator(evaluation.Protocol(args.interval))
     fast_eval.update(np.stack(maps), boxes)
     fast = (time.perf_counter() - start) / len(maps)
     agree = counts_agree(fast_eval, reference)
@@ -114,7 +114,7 @@ def whole_process(count: int, interval: float) -> None:
              f"--cam_curve_interval={interval}", f"--output_json={output}"]
         )  # fmt: skip
         slow = timed([sys.executable, "-c", REFERENCE_PROCESS, meta, map_root, str(interval), counts])
-        in_process = evaluation.BoxEvaluator(interval)
+        in_process = evaluation.BoxEvaluator(evaluation.Protocol(interval))
         in_process.update(np.stack(maps), boxes)
         with np.load(counts) as saved:
             reference = {m: {t: saved[f"{m}_{t}"] for t in in_process.correct[m]} for m in in_process.correct}

@@ -16,7 +16,7 @@ straightforward per-tau loop (``keras_wsol.protocol_reference``).
 
 Example:
     >>> import numpy as np
-    >>> ev = BoxEvaluator(cam_curve_interval=0.01, resize_length=8)
+    >>> ev = BoxEvaluator(Protocol(cam_curve_interval=0.01, resize_length=8))
     >>> m = np.zeros((1, 8, 8), np.float32); m[0, 2:5, 2:5] = 1.0
     >>> ev.update(m, [np.array([[2, 2, 5, 5]])])
     >>> ev.result()["MaxBoxAcc"]
@@ -29,10 +29,13 @@ import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from keras_wsol.data.splits import Split
 
 from keras_wsol.data.metadata import resize_box  # noqa: F401  (the protocol's box rule, used with the evaluators)
 
@@ -47,7 +50,7 @@ class Protocol:
     Attributes:
         cam_curve_interval: spacing of the taus (0.01, or 0.001 in the field).
         resize_length: ``R``; score maps and boxes are evaluated at ``R x R``.
-        fixed_threshold: a tau also reported on its own (older papers: 0.2).
+        fixed_threshold: a tau also reported on its own (older papers: 0.2); None for none.
 
     >>> Protocol().resize_length, Protocol(cam_curve_interval=0.001).taus()[:2].tolist()
     (224, [0.0, 0.001])
@@ -55,7 +58,7 @@ class Protocol:
 
     cam_curve_interval: float = 0.01
     resize_length: int = DEFAULT_RESIZE_LENGTH
-    fixed_threshold: float = 0.2
+    fixed_threshold: float | None = 0.2
 
     def taus(self) -> np.ndarray:
         """The thresholds ``0, interval, ...`` below 1."""
@@ -320,32 +323,26 @@ class BoxEvaluator:
     multi-contour (every contour, hole contours included) for MaxBoxAccV2.
 
     Args:
-        cam_curve_interval: spacing of the taus (0.01 or 0.001 in the field).
+        protocol: the taus' spacing, ``R`` (maps must be ``R x R``, boxes in
+            ``R`` pixels) and the fixed tau also reported on its own.
         iou_thresholds: IoU levels in percent (MaxBoxAccV2 averages them).
-        resize_length: ``R``; maps must be ``R x R``, boxes in ``R`` pixels.
-        fixed_threshold: a tau also reported on its own (older papers use 0.2).
 
     Example:
-        >>> ev = BoxEvaluator(resize_length=8, fixed_threshold=0.2)
+        >>> ev = BoxEvaluator(Protocol(resize_length=8, fixed_threshold=0.2))
         >>> m = np.zeros((1, 8, 8), np.float32); m[0, 1:4, 1:4] = 1.0
         >>> ev.update(m, [np.array([[1, 1, 4, 4]])], labels=[0], logits=[[2.0, 1.0]])
         >>> r = ev.result(); r["Top-1 Loc"], r["GT-known Loc@0.2"]
         (100.0, 100.0)
     """
 
-    def __init__(
-        self,
-        cam_curve_interval: float = 0.01,
-        iou_thresholds: Iterable[int] = IOU_THRESHOLDS,
-        resize_length: int = DEFAULT_RESIZE_LENGTH,
-        fixed_threshold: float | None = None,
-    ):
-        self.cam_curve_interval = cam_curve_interval
-        self.taus = threshold_list(cam_curve_interval)
+    def __init__(self, protocol: Protocol = Protocol(), iou_thresholds: Iterable[int] = IOU_THRESHOLDS):
+        self.cam_curve_interval = protocol.cam_curve_interval
+        self.taus = protocol.taus()
         self.iou_thresholds = tuple(int(t) for t in iou_thresholds)
         if 50 not in self.iou_thresholds:
             raise ValueError("iou_thresholds must contain 50 (MaxBoxAcc and GT-known Loc use it)")
-        self.resize_length = resize_length
+        self.resize_length = protocol.resize_length
+        fixed_threshold = protocol.fixed_threshold
         if fixed_threshold is not None and not 0 <= fixed_threshold < 1:
             raise ValueError(f"fixed_threshold must be in [0, 1), got {fixed_threshold}")
         self.fixed_threshold = fixed_threshold
@@ -450,17 +447,17 @@ class MaskEvaluator:
     """Streaming PxAP and pIoU from summed score histograms (mask datasets).
 
     Example:
-        >>> ev = MaskEvaluator(resize_length=4)
+        >>> ev = MaskEvaluator(Protocol(resize_length=4))
         >>> gt = np.zeros((1, 4, 4), bool); gt[0, :2] = True
         >>> ev.update(gt.astype(np.float32), gt)
         >>> ev.result()["PxAP"]
         100.0
     """
 
-    def __init__(self, cam_curve_interval: float = 0.01, resize_length: int = DEFAULT_RESIZE_LENGTH):
-        self.cam_curve_interval = cam_curve_interval
-        self.taus = threshold_list(cam_curve_interval)
-        self.resize_length = resize_length
+    def __init__(self, protocol: Protocol = Protocol()):
+        self.cam_curve_interval = protocol.cam_curve_interval
+        self.taus = protocol.taus()
+        self.resize_length = protocol.resize_length
         # Bins [0, bw), ..., [1 - bw, 1), [1, 2), [2, 3]: a score of 1.0 lands in [1, 2).
         self.bin_edges = np.append(self.taus, [1.0, 2.0, 3.0])
         self.positive_hist = np.zeros(len(self.bin_edges) - 1, np.float64)
@@ -521,6 +518,60 @@ TABLE_KEYS = (
     "Deletion AUC",
     "Insertion AUC",
 )
+
+
+class SplitEvaluation:
+    """Box evaluators (where the split has boxes) and mask evaluators (where it has masks) for one split.
+
+    The one way score maps become metrics: the TensorFlow paths
+    (:mod:`keras_wsol.reporting`) and evaluator-only mode (maps on disk) both
+    feed it. ``masks=False`` leaves masks out (the export's threshold search
+    needs boxes only). ``logits`` with the maps add the classification and
+    Top-1 Loc numbers.
+
+    Example:
+        >>> from keras_wsol.data.splits import Split
+        >>> split = Split(image_ids=["a"], labels=np.array([0]), num_classes=2, sizes=np.array([[8, 8]]),
+        ...               boxes=[np.array([[2.0, 2.0, 4.0, 4.0]])], paths=["a.jpg"])
+        >>> run = SplitEvaluation(split, Protocol(resize_length=8))
+        >>> m = np.zeros((1, 8, 8), np.float32); m[0, 2:5, 2:5] = 1.0
+        >>> run.update(m); run.result()["MaxBoxAcc"]
+        100.0
+    """
+
+    def __init__(self, split: Split, protocol: Protocol = Protocol(), masks: bool = True):
+        if not (split.has_boxes or split.masks is not None):
+            raise ValueError("the split has neither boxes nor masks to evaluate against")
+        self.split = split
+        self.resize_length = protocol.resize_length
+        self.gt_boxes = None
+        self.boxes = None
+        if split.has_boxes:
+            self.gt_boxes = split.resized_boxes(protocol.resize_length)
+            self.boxes = BoxEvaluator(protocol)
+        self.masks = None
+        if masks and split.masks is not None:
+            self.masks = MaskEvaluator(protocol)
+        self.seen = 0
+
+    def update(self, scoremaps: np.ndarray, logits: np.ndarray | None = None) -> None:
+        """Add ``[B, R, R]`` protocol maps for the next ``B`` images of the split."""
+        lo, hi = self.seen, self.seen + len(scoremaps)
+        if self.boxes is not None:
+            labels = self.split.labels[lo:hi]
+            self.boxes.update(
+                scoremaps, self.gt_boxes[lo:hi], labels=labels if logits is not None else None, logits=logits
+            )
+        if self.masks is not None:
+            foreground, ignore = zip(*(self.split.masks(i, self.resize_length) for i in range(lo, hi)))
+            self.masks.update(scoremaps, np.stack(foreground), np.stack(ignore))
+        self.seen = hi
+
+    def result(self) -> dict:
+        out = self.boxes.result() if self.boxes is not None else {}
+        if self.masks is not None:
+            out.update({k: v for k, v in self.masks.result().items() if k not in out})
+        return out
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -22,7 +22,7 @@ from keras_wsol import faithfulness as rise
 from keras_wsol.atomic import write_json
 from keras_wsol.data import pipeline
 from keras_wsol.data.splits import Split
-from keras_wsol.evaluation import Protocol
+from keras_wsol.evaluation import Protocol, SplitEvaluation
 from keras_wsol.maps import upsample_normalized
 
 BASELINES = ("full_image", "center_gaussian")
@@ -42,52 +42,6 @@ def baseline_maps(kind: str, count: int, resize_length: int) -> np.ndarray:
     else:
         raise ValueError(f"unknown baseline {kind!r}; choose one of {BASELINES}")
     return np.broadcast_to(single, (count, r, r))
-
-
-class SplitEvaluation:
-    """Box evaluators (where the split has boxes) and mask evaluators (where it has masks) for one split.
-
-    ``masks=False`` leaves masks out (the export's threshold search needs boxes only).
-    """
-
-    def __init__(self, split: Split, protocol: Protocol = Protocol(), masks: bool = True):
-        if not (split.has_boxes or split.masks is not None):
-            raise ValueError("the split has neither boxes nor masks to evaluate against")
-        self.split = split
-        self.resize_length = protocol.resize_length
-        self.gt_boxes = None
-        self.boxes = None
-        if split.has_boxes:
-            self.gt_boxes = split.resized_boxes(protocol.resize_length)
-            self.boxes = evaluation.BoxEvaluator(
-                protocol.cam_curve_interval,
-                resize_length=protocol.resize_length,
-                fixed_threshold=protocol.fixed_threshold,
-            )
-        self.masks = None
-        if masks and split.masks is not None:
-            self.masks = evaluation.MaskEvaluator(protocol.cam_curve_interval, protocol.resize_length)
-        self.seen = 0
-
-    def update(self, scoremaps: np.ndarray, logits: np.ndarray | None = None) -> None:
-        """Add ``[B, R, R]`` protocol maps for the next ``B`` images of the split."""
-        lo, hi = self.seen, self.seen + len(scoremaps)
-        if self.boxes is not None:
-            labels = self.split.labels[lo:hi]
-            self.boxes.update(
-                scoremaps, self.gt_boxes[lo:hi], labels=labels if logits is not None else None, logits=logits
-            )
-        if self.masks is not None:
-            foreground, ignore = zip(*(self.split.masks(i, self.resize_length) for i in range(lo, hi)))
-            self.masks.update(scoremaps, np.stack(foreground), np.stack(ignore))
-        self.seen = hi
-
-    def result(self) -> dict:
-        out = self.boxes.result() if self.boxes is not None else {}
-        if self.masks is not None:
-            mask_result = self.masks.result()
-            out.update(PxAP=mask_result["PxAP"], pIoU=mask_result["pIoU"])
-        return out
 
 
 def model_scoremaps(localizer, split: Split, resize_length: int, batch_size: int = 64, served: bool = False):

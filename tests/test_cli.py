@@ -141,7 +141,12 @@ def test_evaluator_only_mode_boxes_and_masks(tmp_path):
         f"--output_json={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.load(open(out))["PxAP"] == pytest.approx(100.0)
+    masks = json.load(open(out))
+    assert masks["PxAP"] == pytest.approx(100.0) and masks["num_images"] == 6
+    # The protocol flags mean what they mean for a model's maps: the fixed tau is reported too.
+    assert run("evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test",
+               f"--output_json={out}", "--fixed_threshold=0.3").returncode == 0  # fmt: skip
+    assert json.load(open(out))["GT-known Loc@0.3"] == 100.0
     os.remove(maps / (split.image_ids[1] + ".npy"))
     result = run(
         "evaluate.py", f"--scoremap_root={maps}", f"--metadata_root={tmp_path}/metadata/test", f"--output_json={out}"

@@ -172,7 +172,7 @@ def test_synthetic_metadata_folder_reads_back_identical_boxes_masks_and_images(t
     maps = reporting.baseline_maps("center_gaussian", len(split), 56)
     results = []
     for source in (split, memory):
-        run = reporting.SplitEvaluation(source, Protocol(0.01, 56, 0.2))
+        run = evaluation.SplitEvaluation(source, Protocol(0.01, 56, 0.2))
         run.update(maps)
         results.append(run.result())
     assert results[0] == results[1] and "PxAP" in results[0]
@@ -207,7 +207,7 @@ def test_imagenet_style_folder_with_several_boxes_per_image(tmp_path):
     split = splits.metadata_split(str(tmp_path / "images"), str(tmp_path / "metadata" / "val"))
     assert [b.tolist() for b in split.boxes] == [[list(b) for b in boxes] for boxes in all_boxes]
     r = 64
-    run = reporting.SplitEvaluation(split, Protocol(0.01, r, 0.2))
+    run = evaluation.SplitEvaluation(split, Protocol(0.01, r, 0.2))
     expected = [[evaluation.resize_box(b, split.sizes[i], r) for b in boxes] for i, boxes in enumerate(all_boxes)]
     assert [g.tolist() for g in run.gt_boxes] == [[list(b) for b in e] for e in expected]
     # A map that lights only the last box of each image: IoU 1 against that box (best over the GT boxes).

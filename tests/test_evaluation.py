@@ -67,19 +67,19 @@ def test_gt_box_truncation_and_degenerate_iou():
 def test_pxap_perfect_and_constant_maps():
     gt = np.zeros((1, 16, 16), bool)
     gt[0, 2:6, 3:9] = True
-    perfect = E.MaskEvaluator(0.01, 16)
+    perfect = E.MaskEvaluator(E.Protocol(0.01, 16))
     perfect.update(gt.astype(np.float32), gt)
     assert perfect.result()["PxAP"] == pytest.approx(100.0)
     assert perfect.result()["pIoU"] == pytest.approx(100.0)
-    constant = E.MaskEvaluator(0.01, 16)
+    constant = E.MaskEvaluator(E.Protocol(0.01, 16))
     constant.update(np.full((1, 16, 16), 0.3, np.float32), gt)
     p, n = gt.sum(), (~gt).sum()
     assert constant.result()["PxAP"] == pytest.approx(100 * p / (p + n))
-    ignored = E.MaskEvaluator(0.01, 16)
+    ignored = E.MaskEvaluator(E.Protocol(0.01, 16))
     ignore = ~gt  # everything else ignored: a constant map becomes perfect
     ignored.update(np.full((1, 16, 16), 0.3, np.float32), gt, ignore)
     assert ignored.result()["PxAP"] == pytest.approx(100.0)
-    empty = E.MaskEvaluator(0.01, 16)
+    empty = E.MaskEvaluator(E.Protocol(0.01, 16))
     empty.update(np.zeros((1, 16, 16), np.float32), np.zeros((1, 16, 16), bool))
     with pytest.raises(ValueError, match="No positive ground-truth"):
         empty.result()
@@ -106,7 +106,7 @@ def test_fast_counts_equal_per_tau_reference(interval):
         x0, y0 = rng.integers(0, 40, 2)
         gts.append(np.array([[x0, y0, x0 + rng.integers(3, 24), y0 + rng.integers(3, 24)], [0, 0, 20, 20]]))
     reference = protocol_reference.box_counts(maps, gts, interval)
-    ev = E.BoxEvaluator(interval, resize_length=size)
+    ev = E.BoxEvaluator(E.Protocol(interval, size))
     ev.update(np.stack(maps), gts)
     for mode in reference:
         for t in reference[mode]:
@@ -117,7 +117,7 @@ def test_classification_metrics_and_fixed_threshold():
     m = np.zeros((2, 8, 8), np.float32)
     m[:, 1:4, 1:4] = 1.0
     gt = [np.array([[1, 1, 4, 4]])] * 2
-    ev = E.BoxEvaluator(resize_length=8, fixed_threshold=0.5)
+    ev = E.BoxEvaluator(E.Protocol(resize_length=8, fixed_threshold=0.5))
     ev.update(m, gt, labels=[0, 1], logits=np.array([[3.0, 1.0], [3.0, 1.0]]))
     r = ev.result()
     assert r["Top-1 Cls"] == 50.0 and r["Top-5 Cls"] == 100.0
@@ -126,7 +126,7 @@ def test_classification_metrics_and_fixed_threshold():
 
 
 def test_scoremap_validation_names_the_map():
-    ev = E.BoxEvaluator(resize_length=8)
+    ev = E.BoxEvaluator(E.Protocol(resize_length=8))
     with pytest.raises(ValueError, match="score map 0"):
         ev.update(np.full((1, 8, 8), 2.0, np.float32), [np.array([[0, 0, 1, 1]])])
     with pytest.raises(ValueError, match="8x8"):

@@ -122,42 +122,38 @@ def define_evaluate_flags() -> None:
 
 
 def evaluate_scoremap_folder() -> dict:
-    """Evaluator-only mode: score maps on disk against a metadata folder."""
-    from keras_wsol.data.metadata import load_masks, read_metadata
+    """Evaluator-only mode: score maps on disk (``<image_id>.npy``, R x R) against a metadata folder.
+
+    The maps go through :class:`keras_wsol.evaluation.SplitEvaluation`, as a
+    model's do, so every protocol flag (``--fixed_threshold`` included) means
+    the same here; no TensorFlow is imported.
+    """
+    from keras_wsol.data import metadata, splits
 
     # The folder of one split, or a root holding the --split folder.
     root = FLAGS.metadata_root
     if not os.path.isfile(os.path.join(root, "image_ids.txt")) and os.path.isdir(os.path.join(root, FLAGS.split)):
         root = os.path.join(root, FLAGS.split)
-    meta = read_metadata(root)
-    r = FLAGS.resize_length
-    if meta.is_mask_dataset:
-        if not FLAGS.mask_root:
-            raise app.UsageError(f"--mask_root is required: {root}/localization.txt lists masks")
-        evaluator = evaluation.MaskEvaluator(FLAGS.cam_curve_interval, r)
-    else:
-        evaluator = evaluation.BoxEvaluator(FLAGS.cam_curve_interval, resize_length=r)
+    try:
+        split = splits.metadata_split(FLAGS.data_root or "", root, FLAGS.mask_root)
+        split = splits.pixel_boxes(split, FLAGS.split, FLAGS.boxes_normalized)
+    except metadata.MetadataError as error:
+        flag = "--mask_root" if "mask root" in str(error) else f"--metadata_root={FLAGS.metadata_root}"
+        raise app.UsageError(f"{flag}: {error}") from None
+    protocol = wsol_flags.protocol()
+    run = evaluation.SplitEvaluation(split, protocol)
     batch = 64  # maps per update: the box evaluator spreads a batch over the cores
-    for start in range(0, len(meta.image_ids), batch):
-        ids = meta.image_ids[start : start + batch]
+    for start in range(0, len(split.image_ids), batch):
         maps = []
-        for image_id in ids:
+        for image_id in split.image_ids[start : start + batch]:
             path = os.path.join(FLAGS.scoremap_root, image_id + ".npy")
             try:
                 maps.append(np.load(path))
             except (OSError, ValueError) as error:
                 raise ValueError(f"{path}: cannot read score map ({error})") from None
-            evaluation.check_scoremap(maps[-1], r, where=path)
-        if meta.is_mask_dataset:
-            foreground, ignore = zip(*(load_masks(meta, image_id, FLAGS.mask_root, r) for image_id in ids))
-            evaluator.update(np.stack(maps), np.stack(foreground), np.stack(ignore))
-        else:
-            boxes = [
-                np.array([evaluation.resize_box(b, meta.sizes[i], r) for b in meta.boxes[i]]).reshape(-1, 4)
-                for i in ids
-            ]
-            evaluator.update(np.stack(maps), boxes)
-    return evaluator.result()
+            evaluation.check_scoremap(maps[-1], protocol.resize_length, where=path)
+        run.update(np.stack(maps))
+    return run.result()
 
 
 def localize_images(options: dict) -> None:
