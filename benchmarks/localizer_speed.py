@@ -40,10 +40,9 @@ def bench(backbone: str, size: int, batch: int, rounds: int) -> list[tuple[str, 
     forward = tf.function(lambda images: model(images, training=False))
     runs = {("forward", "-"): forward}
     for layer in ("low", "mid", "high"):
-        for method in localizers.LOCALIZERS:
-            if method == "cam" and layer != localizers.classifier_layer(model):
-                continue
-            runs[(method, layer)] = localizers.get_localizer(model, method, layer).raw_maps
+        for name, localizer in localizers.LOCALIZERS.items():
+            if localizer.supports(model, layer):
+                runs[(name, layer)] = localizers.get_localizer(model, name, layer).raw_maps
     runs[("gradcam", "mid,high")] = localizers.get_localizer(model, "gradcam", "mid,high").raw_maps
     return interleaved(runs, x, rounds)
 

@@ -59,9 +59,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_wsol.backbones import TAPS
 from keras_wsol.maps import predicted_where_negative, upsample_normalized
-from keras_wsol.methods.base import WSOLModel
+from keras_wsol.model_protocol import LocalizableModel, sweep_taps
 
 SCORES = ("logit", "softmax")
 LOG_EPS = 1e-6
@@ -172,25 +171,27 @@ class _Hooks:
 
 
 def feature_layers(model) -> list[str]:
-    """The layer names ``--layer=all`` sweeps: a WSOLModel's taps, low to high."""
-    if isinstance(model, WSOLModel):
-        return list(TAPS) + (["cam"] if model.head is not None else [])
+    """The layer names ``--layer=all`` sweeps: the taps of a :class:`LocalizableModel`, low to high."""
+    if isinstance(model, LocalizableModel):
+        return sweep_taps(model)
     raise ValueError(
-        f"{model.name}: name the layers to sweep; only WSOLModel checkpoints have known taps (low, mid, high)"
+        f"{model.name}: name the layers to sweep; only models with named taps have known layers (WSOLModel "
+        "checkpoints: low, mid, high; any functional classifier: wrap it in keras_wsol.model_protocol.TappedClassifier)"
     )
 
 
 def classifier_layer(model) -> str:
-    """The layer the classifier reads: a WSOLModel's ``cam`` tap (``high`` when it has no extra head)."""
-    if isinstance(model, WSOLModel):
-        return "cam" if model.head is not None else "high"
+    """The layer the classifier reads: a :class:`LocalizableModel`'s classifier tap (a WSOLModel's ``cam``, or
+    ``high`` when it has no extra head), else :func:`default_layer`."""
+    if isinstance(model, LocalizableModel):
+        return model.classifier_taps[0]
     return default_layer(model)
 
 
 def default_layer(model) -> str:
-    """The last feature layer: a WSOLModel's classifier input, else the last 4-D, non-pooling layer."""
-    if isinstance(model, WSOLModel):
-        return "cam"
+    """The last feature layer: a :class:`LocalizableModel`'s classifier input, else the last 4-D, non-pooling layer."""
+    if isinstance(model, LocalizableModel):
+        return model.classifier_taps[-1]
     candidates = [
         op.name
         for op in _all_operations(model)
@@ -217,7 +218,7 @@ def _find_layer(model, name: str):
             return op
     raise ValueError(
         f"{model.name} has no layer named {name!r}"
-        + ("; WSOLModel taps are low, mid, high, cam" if isinstance(model, WSOLModel) else "")
+        + (f"; its taps are {', '.join(model.tap_names)}" if isinstance(model, LocalizableModel) else "")
     )
 
 
@@ -239,7 +240,7 @@ def logits_model(model):
         >>> bool(np.allclose(keras.ops.softmax(logits(x)), probabilities(x), atol=1e-6))
         True
     """
-    if isinstance(model, WSOLModel) or not getattr(model, "layers", None):
+    if isinstance(model, LocalizableModel) or not getattr(model, "layers", None):
         return model
     last = model.layers[-1]
     if getattr(getattr(last, "activation", None), "__name__", "") != "softmax" and not isinstance(
@@ -263,7 +264,7 @@ def logits_model(model):
 
 
 class Localizer:
-    """Score maps of one method at one layer of ``model``; subclasses override :meth:`weigh`.
+    """Score maps of one localization rule at one layer of ``model``; subclasses override :meth:`weigh`.
 
     Args:
         model: a Keras model mapping images to class logits, or a WSOLModel.
@@ -323,7 +324,9 @@ class Localizer:
         self.layer = layer or default_layer(model)
         self.score = score
         self.guided = self.guided_default if guided is None else bool(guided)
-        self._is_tap = isinstance(model, WSOLModel) and self.layer in (*TAPS, "cam")
+        if not self.supports(model, self.layer):
+            raise ValueError(self.unsupported(model, self.layer))
+        self._is_tap = isinstance(model, LocalizableModel) and self.layer in model.tap_names
         self._target = None if self._is_tap else _find_layer(model, self.layer)
         self.num_classes = getattr(model, "num_classes", None) or (outputs[0].shape[-1] if outputs else None)
         if self._target is not None and _output_rank(self._target) not in (0, 3, 4):
@@ -335,6 +338,16 @@ class Localizer:
         # A partial (no __code__) so TensorFlow keys its retracing warning to
         # this localizer, not to the method shared by all of them.
         self._raw = tf.function(functools.partial(type(self)._raw_maps, self), reduce_retracing=True)
+
+    @classmethod
+    def supports(cls, model, layer: str) -> bool:
+        """Whether this localizer is defined for ``model`` at ``layer`` (the one place such a rule lives)."""
+        return True
+
+    @classmethod
+    def unsupported(cls, model, layer: str) -> str:
+        """Why :meth:`supports` is false, and what to do."""
+        return f"{cls.name} is not defined at layer {layer!r} of {model.name}"
 
     def weigh(self, features: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
         """Maps ``[B, h, w]`` from features and gradients ``[B, h, w, C]`` (float32)."""
@@ -440,7 +453,7 @@ class Localizer:
         return upsample_normalized(self.raw_maps(images, class_ids)[0], ops.shape(images)[1:3])
 
 
-class CAM(Localizer):
+class CAMLocalizer(Localizer):
     """Class activation mapping: channel weights are the spatially averaged gradient, no ReLU."""
 
     name = "cam"
@@ -449,13 +462,21 @@ class CAM(Localizer):
         if target is not None:
             raise ValueError("cam maps one class by its classifier weights; a target needs a gradient localizer")
         super().__init__(model, layer, **options)
-        self._own_maps = isinstance(model, WSOLModel) and self.layer in ("cam", classifier_layer(model))
-        if isinstance(model, WSOLModel) and not self._own_maps:
-            raise ValueError(
-                f"cam is defined at the classifier's input only (layer {classifier_layer(model)!r}), "
-                f"not {self.layer!r}; "
-                "use gradcam, gradcam_pp, pcs or bagcams for other layers"
-            )
+        # A model that computes its own class maps (a WSOLModel: each method's maps) gives them; else the
+        # gradient form below, which is CAM for a GAP + linear classifier.
+        self._own_maps = self._is_tap and hasattr(model, "logits_and_class_maps")
+
+    @classmethod
+    def supports(cls, model, layer: str) -> bool:
+        """CAM weighs features by the classifier's kernel: at the classifier's input only, where a model names it."""
+        return not isinstance(model, LocalizableModel) or layer in model.classifier_taps
+
+    @classmethod
+    def unsupported(cls, model, layer: str) -> str:
+        return (
+            f"cam is defined at the classifier's input only (layer {classifier_layer(model)!r}), not {layer!r}; "
+            "use gradcam, gradcam_pp, pcs or bagcams for other layers"
+        )
 
     def _raw_maps(self, images, class_ids):
         if self._own_maps:
@@ -515,7 +536,7 @@ class BagCAMs(Localizer):
         return ops.sum(ops.relu((1.0 + ops.mean(product, axis=(1, 2), keepdims=True)) * product), axis=-1)
 
 
-LOCALIZERS: dict[str, type[Localizer]] = {c.name: c for c in (CAM, GradCAM, GradCAMPlusPlus, PCS, BagCAMs)}
+LOCALIZERS: dict[str, type[Localizer]] = {c.name: c for c in (CAMLocalizer, GradCAM, GradCAMPlusPlus, PCS, BagCAMs)}
 LAYER_FUSIONS = ("max", "mean")
 
 
@@ -568,27 +589,28 @@ class LayerFusion:
 
 
 def get_localizer(
-    model, method: str, layer: str | None = None, fusion: str = "max", **options
+    model, localizer: str, layer: str | None = None, fusion: str = "max", **options
 ) -> Localizer | LayerFusion:
-    """The localizer ``method`` for ``model`` at ``layer``; ``options`` are ``score`` and ``guided``.
+    """The localizer named ``localizer`` (:data:`LOCALIZERS`) for ``model`` at ``layer``; ``options`` are
+    ``score``, ``guided``, ``target`` and ``reshape``.
 
     ``layer`` may name several layers, comma-separated (``"mid,high"``): their
     maps are fused by ``fusion`` (:class:`LayerFusion`).
     """
-    if method not in LOCALIZERS:
-        raise ValueError(f"unknown localizer {method!r}; choose one of {', '.join(LOCALIZERS)}")
+    if localizer not in LOCALIZERS:
+        raise ValueError(f"unknown localizer {localizer!r}; choose one of {', '.join(LOCALIZERS)}")
     if layer and "," in layer:
         names = [name.strip() for name in layer.split(",")]
-        return LayerFusion([LOCALIZERS[method](model, name, **options) for name in names], fusion)
-    return LOCALIZERS[method](model, layer, **options)
+        return LayerFusion([LOCALIZERS[localizer](model, name, **options) for name in names], fusion)
+    return LOCALIZERS[localizer](model, layer, **options)
 
 
 # The localizers compute_scoremaps has built, per model: a call on a new batch reuses the compiled pass.
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def cached_localizer(model, method: str, layer: str | None = None, **options) -> Localizer:
-    """:func:`get_localizer`, built once per model, method, layer and options and then reused.
+def cached_localizer(model, localizer: str, layer: str | None = None, **options) -> Localizer:
+    """:func:`get_localizer`, built once per model, localizer, layer and options and then reused.
 
     Example:
         >>> from keras_wsol.methods import CAM
@@ -596,19 +618,19 @@ def cached_localizer(model, method: str, layer: str | None = None, **options) ->
         >>> cached_localizer(model, "gradcam", "mid") is cached_localizer(model, "gradcam", "mid")
         True
     """
-    key = (method, layer, tuple(sorted(options.items())))
+    key = (localizer, layer, tuple(sorted(options.items())))
     built = _CACHE.setdefault(model, {})
     if key not in built:
-        built[key] = get_localizer(model, method, layer, **options)
+        built[key] = get_localizer(model, localizer, layer, **options)
     return built[key]
 
 
 def compute_scoremaps(
-    model, images, method: str, layer: str | None = None, class_ids=None, batch_size: int = 32, **options
+    model, images, localizer: str, layer: str | None = None, class_ids=None, batch_size: int = 32, **options
 ) -> np.ndarray:
     """Score maps ``[B, H, W]`` in ``[0, 1]`` at the input size, for ``class_ids`` (default: predicted).
 
-    The localizer is built and compiled on the first call for a model, method,
+    The localizer is built and compiled on the first call for a model, localizer,
     layer and options, and reused by later calls (:func:`cached_localizer`),
     so calling this once per batch costs one compiled pass per batch.
 
@@ -618,7 +640,7 @@ def compute_scoremaps(
         >>> compute_scoremaps(model, np.zeros((3, 32, 32, 3), "float32"), "gradcam", layer="mid").shape
         (3, 32, 32)
     """
-    localizer = cached_localizer(model, method, layer, **options)
+    built = cached_localizer(model, localizer, layer, **options)
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be [batch, height, width, channels], got shape {images.shape}")
@@ -627,5 +649,5 @@ def compute_scoremaps(
     out = []
     for start in range(0, len(images), batch_size):
         ids = class_ids if np.ndim(class_ids) == 0 else np.asarray(class_ids)[start : start + batch_size]
-        out.append(np.asarray(localizer(images[start : start + batch_size], ids)))
+        out.append(np.asarray(built(images[start : start + batch_size], ids)))
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)

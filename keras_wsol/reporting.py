@@ -163,7 +163,7 @@ def faithfulness(localizer, split: Split, steps: int = 16, fill: str = "blur", b
 def sweep_localizers(
     model,
     split: Split,
-    methods: list[str],
+    localizer_names: list[str],
     layers: list[str],
     protocol: Protocol = Protocol(),
     batch_size: int = 64,
@@ -173,19 +173,20 @@ def sweep_localizers(
 ) -> dict[str, dict]:
     """Every localizer at every layer on ``split``: ``{"bagcams@low": {...}, ...}`` (Tables 4-6 of BagCAMs).
 
-    CAM exists only at a WSOLModel's classifier layer (``cam``, or ``high``
-    when there is no extra head); other layers are left out for it.
+    A localizer is left out at a layer where it is not defined
+    (``Localizer.supports``: CAM exists only at the classifier's input).
     ``progress``: a progress bar per localizer on a terminal;
     ``faithfulness_settings`` as :func:`evaluate_split`.
     """
     results = {}
     for layer in layers:
-        for method in methods:
-            if method == "cam" and layer not in ("cam", localizers.classifier_layer(model)):
+        for localizer_name in localizer_names:
+            if not localizers.LOCALIZERS[localizer_name].supports(model, layer):
                 continue
-            localizer = localizers.get_localizer(model, method, layer, **options)
-            name = f"{method}@{layer}"
-            title = f"{name} ({len(results) + 1} of {len(methods) * len(layers)} at most)" if progress else ""
+            localizer = localizers.get_localizer(model, localizer_name, layer, **options)
+            name = f"{localizer_name}@{layer}"
+            total = len(localizer_names) * len(layers)
+            title = f"{name} ({len(results) + 1} of {total} at most)" if progress else ""
             results[name] = score(localizer, split, protocol, batch_size, progress=title)[0]["model"].result()
             if faithfulness_settings is not None:
                 results[name].update(faithfulness(localizer, split, batch_size=batch_size, **faithfulness_settings))

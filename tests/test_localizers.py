@@ -404,3 +404,41 @@ def test_token_layers_of_a_vit_give_gradcam_on_their_patch_grid_as_numpy_does():
     )
     np.testing.assert_allclose(np.asarray(own.raw_maps(x, ids)[0]), expected["gradcam"], rtol=1e-3, atol=1e-6)
     assert tuple(localizers.token_grid(tf.zeros((1, 1 + 4 + 9, 2))).shape) == (1, 3, 3, 2)  # class token + 4 registers
+
+
+def test_a_tapped_classifier_gives_the_maps_of_its_layers_and_names_them_for_sweeps():
+    """TappedClassifier (the localizers' model protocol around any functional classifier) reads its taps from one
+    pass: the same maps as hooking the layers by name; --layer=all sweeps its taps; CAM only at its classifier tap."""
+    from keras_wsol.model_protocol import LocalizableModel, TappedClassifier
+
+    model, x, ids = tiny_model(), images(), np.array([0, 1])
+    tapped = TappedClassifier(model, {"mid": "feat", "high": "top"})
+    assert isinstance(tapped, LocalizableModel) and not isinstance(model, LocalizableModel)
+    assert localizers.feature_layers(tapped) == ["mid", "high"] and localizers.classifier_layer(tapped) == "high"
+    np.testing.assert_allclose(np.asarray(tapped(x)), np.asarray(model(x)), atol=1e-6)
+    for name in localizers.LOCALIZERS:
+        for tap, layer in (("mid", "feat"), ("high", "top")):
+            if not localizers.LOCALIZERS[name].supports(tapped, tap):
+                assert name == "cam" and tap == "mid"
+                with pytest.raises(ValueError, match="cam is defined at the classifier's input only"):
+                    localizers.get_localizer(tapped, name, tap)
+                continue
+            by_tap = localizers.get_localizer(tapped, name, tap).raw_maps(x, ids)[0]
+            by_name = localizers.get_localizer(model, name, layer).raw_maps(x, ids)[0]
+            np.testing.assert_allclose(np.asarray(by_tap), np.asarray(by_name), atol=1e-5, err_msg=f"{name}@{tap}")
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        TappedClassifier(model, ["feat", "nope"])
+    with pytest.raises(ValueError, match="classifier_tap='low' is not one of the taps"):
+        TappedClassifier(model, ["feat", "top"], classifier_tap="low")
+
+
+def test_the_cam_rule_lives_in_supports():
+    with_head = CAM(num_classes=2, backbone="small", image_size=32, head_channels=8)
+    without = CAM(num_classes=2, backbone="small", image_size=32)
+    cam = localizers.LOCALIZERS["cam"]
+    assert [layer for layer in ("low", "mid", "high", "cam") if cam.supports(with_head, layer)] == ["cam"]
+    assert [layer for layer in ("low", "mid", "high", "cam") if cam.supports(without, layer)] == ["high", "cam"]
+    assert all(localizers.LOCALIZERS["gradcam"].supports(with_head, layer) for layer in ("low", "mid", "cam"))
+    assert cam.supports(tiny_model(), "feat")  # a model that names no classifier input: the gradient form anywhere
+    assert localizers.feature_layers(with_head) == ["low", "mid", "high", "cam"]
+    assert localizers.feature_layers(without) == ["low", "mid", "high"]

@@ -429,7 +429,7 @@ def main(argv: list[str]) -> None:
         classes = getattr(model, "num_classes", None) or int(model.outputs[0].shape[-1])
         wsol_flags.check_data({FLAGS.split: split}, num_classes=classes)
         if "all" in (FLAGS.localizer, FLAGS.layer):
-            methods = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
+            names = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
             layers = (
                 localizers.feature_layers(model)
                 if FLAGS.layer == "all"
@@ -437,7 +437,7 @@ def main(argv: list[str]) -> None:
             )
             out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers{settings_suffix()}")
             results = reporting.sweep_localizers(
-                model, split, methods, layers, protocol, progress=True, faithfulness_settings=rise, **options
+                model, split, names, layers, protocol, progress=True, faithfulness_settings=rise, **options
             )
             os.makedirs(out, exist_ok=True)
             write_json(results, os.path.join(out, "localizers.json"))

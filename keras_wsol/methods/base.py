@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_wsol.backbones import build_backbone
+from keras_wsol.backbones import TAPS, build_backbone
 from keras_wsol.distribute import MultiWorkerFit, multi_worker_logs, replica_mean
 from keras_wsol.maps import class_channel, predicted_where_negative, upsample_normalized
 from keras_wsol.methods.hyperparameters import HyperParameter, docstring_section
@@ -211,6 +211,15 @@ class WSOLModel(MultiWorkerFit, keras.Model):
     replica_constant_parts: tuple[str, ...] = ()
     #: Whether the maps are one per image, not per class (gradient localizers then have no class map to explain).
     class_agnostic_maps = False
+
+    # -- the localizers' model protocol (keras_wsol.model_protocol.LocalizableModel) ---------------------------
+    #: The taps ``logits_and_features`` returns, low to high.
+    tap_names = (*TAPS, "cam")
+
+    @property
+    def classifier_taps(self) -> tuple[str, ...]:
+        """The classifier's input: ``cam`` (the extra head's output, or ``high`` itself, for which it is a synonym)."""
+        return ("cam",) if self.head is not None else ("high", "cam")
 
     # -- forward -----------------------------------------------------------
     def features(self, images, training=False) -> dict:
