@@ -1,6 +1,12 @@
 """keras_wsol against PyTorch on one machine: the CAM train step and a BagCAMs pass, ResNet50 with the WSOL surgery.
 
-    pip install -e ".[bench]"      # PyTorch (a CPU build is enough; torchvision is not needed)
+    pip install -e ".[bench]"      # PyTorch; torchvision is not needed
+
+The ``bench`` extra asks PyPI for ``torch``, whose Linux x86-64 wheels carry
+CUDA (several GB). A CPU build is all this benchmark uses: install PyTorch's
+CPU wheel first, from the CPU package index PyTorch's own install page names
+(or any torch >= 2.4 already on the machine), and the extra then installs
+nothing more.
     python benchmarks/peer_speed.py [--size 224] [--batch 8] [--rounds 5] [--threads 2]
         [--channels_last] [--torch_compile] [--jit_compile]
 

@@ -14,12 +14,12 @@ REPRODUCE = os.path.join(ROOT, "docs", "REPRODUCE.md")
 PARSE = """
 import json, sys
 from absl import flags
-from keras_wsol.cli import flags as wsol_flags, evaluate
+from keras_wsol.cli import flags as wsol_flags, evaluate, parsing
 script, commands = sys.argv[1], json.loads(sys.argv[2])
 wsol_flags.define_train_flags() if script == "train.py" else evaluate.define_evaluate_flags()
 for args in commands:
     try:
-        wsol_flags.parse_flags([script, *args])
+        parsing.parse_flags([script, *args])
     except Exception as error:
         print("FAILED", args, error)
     flags.FLAGS.unparse_flags()

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from keras_wsol.cli.flags import errors_without_help
+from keras_wsol.cli.parsing import errors_without_help
 from keras_wsol.data import convert as convert_lib
 from keras_wsol.data import sources
 

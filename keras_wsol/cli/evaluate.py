@@ -17,7 +17,9 @@ from keras_wsol import evaluation
 from keras_wsol.atomic import write_json
 from keras_wsol.choices import DEFAULT_BOX_THRESHOLD, LOCALIZER_NAMES
 from keras_wsol.cli import flags as wsol_flags
-from keras_wsol.cli import quiet
+from keras_wsol.cli import parsing
+from keras_wsol.cli import settings as wsol_settings
+from keras_wsol.data import factory
 
 if TYPE_CHECKING:
     from keras_wsol.localizers import Localizer
@@ -140,7 +142,7 @@ def evaluate_scoremap_folder() -> dict:
     except metadata.MetadataError as error:
         flag = "--mask_root" if "mask root" in str(error) else f"--metadata_root={FLAGS.metadata_root}"
         raise app.UsageError(f"{flag}: {error}") from None
-    protocol = wsol_flags.protocol()
+    protocol = wsol_settings.protocol()
     run = evaluation.SplitEvaluation(split, protocol)
     batch = 64  # maps per update: the box evaluator spreads a batch over the cores
     for start in range(0, len(split.image_ids), batch):
@@ -296,7 +298,7 @@ def compare_curves(model, split, out: str) -> None:
         # Runs are named by their folder; the whole path where two folders share a name.
         name = os.path.basename(os.path.normpath(workdir))
         models[os.path.normpath(workdir) if name in models else name] = keras.models.load_model(checkpoint)
-    taus, curves = reporting.threshold_curves(models, split, wsol_flags.protocol())
+    taus, curves = reporting.threshold_curves(models, split, wsol_settings.protocol())
     visualize.plot_box_acc_curves(
         taus, {}, os.path.join(out, "box_acc_compare.png"), "BoxAcc vs threshold (single contour, IoU 50)", curves
     )
@@ -331,7 +333,7 @@ def export_checkpoint(model, localizer: Localizer, checkpoint: str, base: str) -
     if FLAGS.export_threshold is None:
         try:
             threshold, accuracy = export.validation_threshold(
-                localizer, wsol_flags.load_split("val"), FLAGS.cam_curve_interval
+                localizer, wsol_settings.load_split("val"), FLAGS.cam_curve_interval
             )
         except ValueError as error:
             raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}; pass --export_threshold") from None
@@ -401,7 +403,7 @@ def main(argv: list[str]) -> None:
         if not FLAGS["dataset"].present and "dataset" in replayed:
             FLAGS["dataset"].parse(replayed["dataset"])
         for name, value in replayed.items():
-            other_source = FLAGS.dataset not in wsol_flags.SOURCE_FLAGS.get(name, (FLAGS.dataset,))
+            other_source = FLAGS.dataset not in factory.SOURCE_FIELDS.get(name, (FLAGS.dataset,))
             if not FLAGS[name].present and not other_source:
                 FLAGS[name].parse(value)
     elif not any(FLAGS[name].present for name in wsol_flags.DATA_FLAGS) and not (
@@ -413,7 +415,7 @@ def main(argv: list[str]) -> None:
         )
     model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
     base = FLAGS.workdir or os.path.dirname(checkpoint)
-    protocol = wsol_flags.protocol()
+    protocol = wsol_settings.protocol()
     try:
         if FLAGS.export:
             if "all" in (FLAGS.localizer, FLAGS.layer):
@@ -424,10 +426,10 @@ def main(argv: list[str]) -> None:
                 model, localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options), checkpoint, base
             )
             return
-        split = wsol_flags.load_split(FLAGS.split)
+        split = wsol_settings.load_split(FLAGS.split)
         rise = {"steps": FLAGS.faithfulness_steps, "fill": FLAGS.faithfulness_fill} if FLAGS.faithfulness else None
         classes = getattr(model, "num_classes", None) or int(model.outputs[0].shape[-1])
-        wsol_flags.check_data({FLAGS.split: split}, num_classes=classes)
+        wsol_settings.check_data({FLAGS.split: split}, num_classes=classes)
         if "all" in (FLAGS.localizer, FLAGS.layer):
             names = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
             layers = (
@@ -467,10 +469,9 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """The evaluate command: define the flags, parse ``argv``, run the mode they ask for."""
-    quiet.install()
     define_evaluate_flags()
-    wsol_flags.show_in_help(__name__, wsol_flags.__name__)
-    app.run(wsol_flags.errors_without_help(main), argv=argv, flags_parser=wsol_flags.parse_flags)
+    parsing.show_in_help(__name__, wsol_flags.__name__)
+    app.run(parsing.errors_without_help(main), argv=argv, flags_parser=parsing.parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""absl flags shared by the train and evaluate commands.
+"""The absl flag definitions of the train and evaluate commands (definitions only).
 
-A method never reads these: the commands turn them into arguments. Each
+A method never reads these: the commands turn them into arguments
+(:mod:`keras_wsol.cli.settings`); :mod:`keras_wsol.cli.parsing` checks a
+command line and its flag files before absl reads them. Each
 registered method's hyper-parameters become ``--<method>_<name>`` flags
 (:mod:`keras_wsol.methods.hyperparameters`); a name they had before 0.2.0 fails with a message naming
 the flag it became (:data:`RENAMED`, CHANGELOG.md).
@@ -11,15 +13,12 @@ Example:
     True
 """
 
-import copy
 import functools
-import os
-import sys
-from typing import Callable
 
-from absl import app, flags, logging
+from absl import flags
 
-DATASETS = ("synthetic", "cub", "folder", "imagenet")
+from keras_wsol.data.factory import DATASETS
+
 FLAGS = flags.FLAGS
 
 
@@ -28,114 +27,8 @@ FLAGS = flags.FLAGS
 DATA_FLAGS: list[str] = []
 
 #: ``{name before 0.2.0: flag}`` for the renamed method flags: given, an old name is an error naming the new one
-#: (:func:`parse_flags`). Filled by :func:`define_model_flags`.
+#: (:func:`keras_wsol.cli.parsing.parse_flags`). Filled by :func:`define_model_flags`.
 RENAMED: dict[str, str] = {}
-
-#: The data flags only some sources read: given with another ``--dataset`` they are refused, not ignored (a user's
-#: ``--data_root`` without ``--dataset=folder`` would otherwise train on the synthetic benchmark, silently).
-SOURCE_FLAGS = {
-    "num_classes": ("synthetic",),
-    "train_images_per_class": ("synthetic",),
-    "eval_images_per_class": ("synthetic",),
-    "data_seed": ("synthetic", "cub"),
-    "tfds_data_dir": ("cub", "imagenet"),
-    "tfds_manual_dir": ("cub", "imagenet"),
-    "cub_val_per_class": ("cub",),
-    "data_root": ("folder", "imagenet"),
-    "metadata_root": ("folder", "imagenet"),
-    "mask_root": ("folder", "imagenet"),
-    "mask_metadata_root": ("folder", "imagenet"),
-    "boxes_normalized": ("folder", "imagenet"),
-}
-
-
-def show_in_help(*modules: str) -> None:
-    """List the flags ``modules`` define under ``--help``, which absl limits to the main script's own flags."""
-    for module in modules:
-        for flag in FLAGS.get_flags_for_module(module):
-            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-
-
-def errors_without_help(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-    """``main`` whose ``app.UsageError`` prints ``PROGRAM: error: MESSAGE`` and exits 2, instead of absl's whole flag
-    help before the one line that matters (``--help`` shows the help)."""
-
-    def wrapped(argv: list[str]) -> None:
-        try:
-            main(argv)
-        except app.UsageError as error:
-            print(f"{os.path.basename(argv[0])}: error: {error}\n(--help lists the flags)", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapped
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, after checking each ``--flagfile`` line so that an error names the file and line.
-
-    absl reads flag files itself but reports an unknown flag or a bad value
-    without saying where it came from. Used as ``app.run``'s ``flags_parser``.
-    """
-    try:
-        for i, argument in enumerate(argv[1:], 1):
-            if argument == "--":
-                break
-            if argument.startswith("-") and _renamed(argument):
-                raise flags.Error(_renamed(argument))
-            if argument.startswith("--flagfile="):
-                _check_flagfile(argument.split("=", 1)[1], ())
-            elif argument == "--flagfile" and i + 1 < len(argv):
-                _check_flagfile(argv[i + 1], ())
-    except flags.Error as error:
-        sys.stderr.write(f"FATAL Flags parsing error: {error}\nPass --help to see the flags.\n")
-        sys.exit(1)
-    return app.parse_flags_with_usage(argv)
-
-
-def _renamed(argument: str) -> str | None:
-    """The message for ``argument`` (``--name[=value]``) when ``name`` is a flag's name before 0.2.0, else None."""
-    name = argument.lstrip("-").partition("=")[0]
-    negated = name.startswith("no") and name[2:] in RENAMED and name not in RENAMED
-    old = name[2:] if negated else name
-    if old not in RENAMED or old in FLAGS:
-        return None
-    new = ("no" if negated else "") + RENAMED[old]
-    return f"--{name} was renamed --{new} in keras_wsol 0.2.0 (CHANGELOG.md lists every renamed flag)"
-
-
-def _check_flagfile(path: str, including: tuple[str, ...]) -> None:
-    """Raise :class:`flags.Error` naming ``path:line`` for the first line absl would refuse."""
-    if path in including:
-        raise flags.Error(f"--flagfile={path} includes itself (through {' -> '.join(including)})")
-    try:
-        with open(path) as file:
-            lines = file.read().splitlines()
-    except OSError as error:
-        raise flags.Error(f"--flagfile={path}: cannot read it ({error.strerror})") from None
-    for number, line in enumerate(lines, 1):
-        text, where = line.strip(), f"{path}:{number}"
-        if not text or text.startswith(("#", "//")):
-            continue
-        if not text.startswith("-"):
-            raise flags.Error(f"{where}: {text!r} is not a flag (one --name=value per line)")
-        name, has_value, value = text.lstrip("-").partition("=")
-        if name == "flagfile":
-            _check_flagfile(value, (*including, path))
-            continue
-        if _renamed(text):
-            raise flags.Error(f"{where}: {_renamed(text)}")
-        boolean = name.startswith("no") and name[2:] in FLAGS and FLAGS[name[2:]].boolean and not has_value
-        if name not in FLAGS and not boolean:
-            from absl.flags import _helpers
-
-            close = _helpers.get_flag_suggestions(name, list(FLAGS))
-            hint = f" (did you mean --{' or --'.join(close)}?)" if close else ""
-            raise flags.Error(f"{where}: unknown flag --{name}{hint}")
-        if has_value:
-            try:
-                copy.deepcopy(FLAGS[name]).parse(value)  # a copy: the real flag is set by absl's own pass
-            except (flags.Error, ValueError) as error:
-                raise flags.Error(f"{where}: {error}") from None
 
 
 def define_data_flags() -> None:
@@ -209,108 +102,6 @@ def define_data_flags() -> None:
     flags.DEFINE_float("cam_curve_interval", 0.01, "Spacing of the CAM thresholds (0.01 or 0.001).")
     flags.DEFINE_integer("resize_length", 224, "Score maps and boxes are evaluated at R x R.", lower_bound=8)
     flags.DEFINE_float("fixed_threshold", 0.2, "Also report Top-1/GT-known Loc at this fixed tau (older papers).")
-
-
-def _need(*names: str) -> None:
-    missing = [f"--{n}" for n in names if not FLAGS[n].value]
-    if missing:
-        raise app.UsageError(f"--dataset={FLAGS.dataset} needs {' and '.join(missing)}")
-
-
-def _metadata_split(split: str, localization: bool = True):
-    from keras_wsol.data import metadata, splits
-
-    _need("data_root", "metadata_root")
-    mask_split = None
-    if FLAGS.mask_metadata_root:
-        if not os.path.isdir(FLAGS.mask_metadata_root):
-            raise app.UsageError(f"--mask_metadata_root={FLAGS.mask_metadata_root}: no such folder")
-        mask_split = os.path.join(FLAGS.mask_metadata_root, split)
-        if not os.path.isdir(mask_split):  # masks often exist for the test split only
-            logging.info("--mask_metadata_root has no %s folder: the %s split is scored on boxes alone", split, split)
-            mask_split = None
-    try:
-        loaded = splits.metadata_split(
-            FLAGS.data_root,
-            os.path.join(FLAGS.metadata_root, split),
-            FLAGS.mask_root,
-            mask_split,
-            localization=localization,
-        )
-        return splits.pixel_boxes(loaded, split, FLAGS.boxes_normalized)
-    except metadata.MetadataError as error:
-        raise app.UsageError(f"--metadata_root={FLAGS.metadata_root}: {error}") from None
-
-
-def load_split(split: str):
-    """The ``split`` (train, val or test) of the dataset the data flags describe, as a :class:`Split`.
-
-    A missing folder or malformed file is an error naming the flag and file;
-    a flag of another source is refused (:data:`SOURCE_FLAGS`).
-    """
-    from keras_wsol.data import synthetic, tfds_sources
-
-    for name, readers in SOURCE_FLAGS.items():
-        if FLAGS[name].present and FLAGS.dataset not in readers:
-            raise app.UsageError(
-                f"--{name} is read by --dataset={' or '.join(readers)} only, and this run has --dataset="
-                f"{FLAGS.dataset}: give --dataset={' or --dataset='.join(readers)}, or drop --{name}"
-            )
-
-    if FLAGS.dataset == "synthetic":
-        data = synthetic.generate(
-            split,
-            num_classes=FLAGS.num_classes,
-            images_per_class=FLAGS.train_images_per_class if split == "train" else FLAGS.eval_images_per_class,
-            image_size=FLAGS.image_size,
-            seed=FLAGS.data_seed,
-        )
-        return data.as_split(FLAGS.num_classes)
-    if FLAGS.dataset == "cub" or (FLAGS.dataset == "imagenet" and split == "train"):
-        name = "caltech_birds2011" if FLAGS.dataset == "cub" else "imagenet2012"
-        try:
-            if FLAGS.dataset == "imagenet":
-                return tfds_sources.imagenet_train(FLAGS.tfds_data_dir, FLAGS.tfds_manual_dir)
-            root = tfds_sources.prepare_cub(
-                FLAGS.tfds_data_dir, FLAGS.tfds_manual_dir, FLAGS.cub_val_per_class, FLAGS.data_seed
-            )
-        except Exception as error:  # TFDS raises many kinds (network, checksums, missing manual files)
-            raise app.UsageError(
-                f"--dataset={FLAGS.dataset}: TFDS could not prepare {name} in --tfds_data_dir="
-                f"{FLAGS.tfds_data_dir} (--tfds_manual_dir={FLAGS.tfds_manual_dir}): "
-                f"{type(error).__name__}: {error}"
-            ) from None
-        return tfds_sources.cub_split(root, split)
-    # folder (every split), imagenet (val, test): the benchmark's metadata; training needs no boxes.
-    return _metadata_split(split, localization=split != "train")
-
-
-def data_source() -> str:
-    """The flags that say where the data comes from, for error messages."""
-    if FLAGS.dataset in ("folder", "imagenet"):
-        return f"--data_root={FLAGS.data_root} --metadata_root={FLAGS.metadata_root}"
-    return f"--dataset={FLAGS.dataset}"
-
-
-def check_data(data: dict, num_classes: int | None = None) -> None:
-    """Refuse the run's splits before any long work: empty splits, stray labels, missing, damaged or mis-sized files.
-
-    ``num_classes``: the model's class count, when a trained model is to
-    score the splits (it must equal the data's).
-    """
-    from keras_wsol.data import splits
-
-    try:
-        splits.check_splits(data)
-        for name, split in data.items():
-            if num_classes is not None and split.indexable and split.num_classes != num_classes:
-                raise ValueError(
-                    f"{name} split: its labels span {split.num_classes} classes, the model has {num_classes}: "
-                    "evaluate a model on the data it was trained for"
-                )
-            splits.check_image_files(split, name)
-    except ValueError as error:
-        raise app.UsageError(f"{data_source()}: {error}") from None
 
 
 def define_model_flags() -> None:
@@ -407,53 +198,6 @@ def _increasing_fractions(values: list[str]) -> bool:
     except ValueError:
         return False
     return all(0 < a < b < 1 for a, b in zip(numbers, numbers[1:])) and all(0 < n < 1 for n in numbers)
-
-
-def method_arguments(method_name: str) -> dict:
-    """Constructor arguments of ``method_name`` from the flags given on the command line (a method never reads flags).
-
-    Hyper-parameters whose flag was not given keep the method's declared
-    default. Another method's flag given with a value other than its default
-    is an error naming it.
-    """
-    from keras_wsol.methods.hyperparameters import flag_name
-    from keras_wsol.methods.registry import METHODS
-
-    strays = [
-        f"--{flag_name(other, p)}"
-        for other, cls in METHODS.items()
-        if other != method_name
-        for p in cls.hyperparameters
-        if flag_name(other, p)
-        and not p.flag
-        and FLAGS[flag_name(other, p)].present
-        and FLAGS[flag_name(other, p)].value != FLAGS[flag_name(other, p)].default
-    ]
-    if strays:
-        raise app.UsageError(f"{', '.join(strays)}: not a flag of --method={method_name}")
-    arguments = {}
-    for parameter in METHODS[method_name].hyperparameters:
-        flag = flag_name(method_name, parameter)
-        if flag is None or not FLAGS[flag].present:
-            continue
-        value = FLAGS[flag].value
-        value = [parameter.value_type(v) for v in value] if parameter.is_tuple else value
-        arguments[parameter.name] = value
-    return arguments
-
-
-def dataset_statistics(method_name: str) -> dict[str, str]:
-    """``{argument: statistic}``: the hyper-parameters of ``method_name`` the CLI fills from the training data."""
-    from keras_wsol.methods.registry import METHODS
-
-    return {p.name: p.statistic for p in METHODS[method_name].hyperparameters if p.statistic}
-
-
-def protocol():
-    """The protocol flags as one :class:`keras_wsol.evaluation.Protocol`."""
-    from keras_wsol.evaluation import Protocol
-
-    return Protocol(FLAGS.cam_curve_interval, FLAGS.resize_length, FLAGS.fixed_threshold)
 
 
 def define_train_flags() -> None:

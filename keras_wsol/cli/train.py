@@ -12,14 +12,28 @@ only evaluates, or does nothing for a finished run); --overwrite trains anew.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
 import sys
 
+import keras
+import tensorflow as tf
 from absl import app, logging
 
+import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
+from keras_wsol import distribute, evaluation, optimizers, reporting
 from keras_wsol.atomic import write_json, write_text
+from keras_wsol.backbones import pretrained
+from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss, ValidationLocalization
 from keras_wsol.cli import flags as wsol_flags
-from keras_wsol.cli import quiet
+from keras_wsol.cli import parsing
+from keras_wsol.cli import settings as wsol_settings
+from keras_wsol.data import factory, pipeline, synthetic
+from keras_wsol.data.splits import content_digest, fingerprint
+from keras_wsol.layers import TORCH_MEAN_RGB, TORCH_STD_RGB
+from keras_wsol.methods import get_method
+from keras_wsol.methods.hyperparameters import flag_name
 
 FLAGS = wsol_flags.FLAGS
 
@@ -51,10 +65,6 @@ def optimizer_settings(model) -> dict:
 
 def build_optimizer(steps: int, settings: dict, kind: str = "same", learning_rate: float | None = None):
     """The optimizer of ``settings`` (``kind``, ``learning_rate`` override them) with its schedule over ``steps``."""
-    import keras
-
-    from keras_wsol import optimizers
-
     kind = settings["optimizer"] if kind == "same" else kind
     lr = settings["learning_rate"] if learning_rate is None else learning_rate
     if settings["lr_schedule"] == "cosine":
@@ -74,10 +84,6 @@ def build_optimizer(steps: int, settings: dict, kind: str = "same", learning_rat
 
 def load_checkpoint(flag: str):
     """The .keras model named by ``--flag``; a missing flag or unreadable file is an error naming it."""
-    import keras
-
-    import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
-
     path = FLAGS[flag].value
     if not path:
         raise app.UsageError(f"--{flag} is required here")
@@ -93,8 +99,6 @@ def load_checkpoint(flag: str):
 
 def backbone_lr_multiplier() -> float:
     """--backbone_lr_multiplier, or the papers' 0.1 for pretrained --weights and 1 from random weights."""
-    from keras_wsol.backbones import pretrained
-
     if FLAGS.backbone_lr_multiplier is not None:
         return FLAGS.backbone_lr_multiplier
     return 0.1 if pretrained(FLAGS.weights) else 1.0
@@ -128,13 +132,9 @@ def run_identity(data: dict) -> dict[str, str]:
     """The run's data, method and architecture: each identity flag's value (defaults included), by name, and a
     digest of each split's contents (``"<split> split contents"``), so that data rewritten at the same paths is not
     taken for the data a checkpoint was trained on."""
-    from keras_wsol.data.splits import content_digest
-    from keras_wsol.methods import get_method
-    from keras_wsol.methods.hyperparameters import flag_name
-
     names = [*wsol_flags.DATA_FLAGS, *IDENTITY_FLAGS]
     names += [name for p in get_method(FLAGS.method).hyperparameters if (name := flag_name(FLAGS.method, p))]
-    own_source = lambda name: FLAGS.dataset in wsol_flags.SOURCE_FLAGS.get(name, (FLAGS.dataset,))  # noqa: E731
+    own_source = lambda name: FLAGS.dataset in factory.SOURCE_FIELDS.get(name, (FLAGS.dataset,))  # noqa: E731
     identity = {name: str(FLAGS[name].value) for name in sorted(set(names)) if name in FLAGS and own_source(name)}
     return identity | {f"{name} split contents": content_digest(split) for name, split in data.items()}
 
@@ -145,8 +145,6 @@ def previous_run(workdir: str, identity: dict[str, str]) -> str | None:
     Refuses a workdir whose run has another identity, naming the flags
     that differ, or one holding a run without its record.
     """
-    import json
-
     record = os.path.join(workdir, "run.json")
     if not os.path.isfile(record):
         if any(os.path.exists(os.path.join(workdir, name)) for name in ("backup", "checkpoints")):
@@ -187,8 +185,6 @@ def mark_run(workdir: str, identity: dict[str, str], state: str) -> None:
 
 def remove_run(workdir: str) -> None:
     """--overwrite: delete what a run wrote in ``workdir`` (nothing else)."""
-    import shutil
-
     for name in RUN_FILES:
         path = os.path.join(workdir, name)
         if os.path.isdir(path):
@@ -199,8 +195,6 @@ def remove_run(workdir: str) -> None:
 
 def dataset_statistics(split):
     """``statistic(name)``: the training split's ``mean_pixel`` or ``std_pixel`` (RGB), computed once when asked."""
-    from keras_wsol.data import pipeline
-
     computed = []
 
     def statistic(name: str):
@@ -215,9 +209,6 @@ def dataset_statistics(split):
 
 def build_model(train, strategy):
     """The --method model (for multi-stage methods, the stage its flags ask for), built in ``strategy``'s scope."""
-    from keras_wsol.methods import get_method
-    from keras_wsol.methods.hyperparameters import flag_name
-
     method = get_method(FLAGS.method)
     arguments = dict(
         num_classes=train.num_classes,
@@ -226,7 +217,7 @@ def build_model(train, strategy):
         head_channels=FLAGS.head_channels,
         weights=FLAGS.weights,
         backbone_lr_multiplier=backbone_lr_multiplier(),
-        **wsol_flags.method_arguments(FLAGS.method),
+        **wsol_settings.method_arguments(FLAGS.method),
     )
     statistics = dataset_statistics(train)
     given = FLAGS["input_normalization"].present
@@ -238,12 +229,10 @@ def build_model(train, strategy):
         elif given:
             raise app.UsageError("--input_normalization=dataset needs an indexable training split, not a stream")
         else:  # a stream's statistics are unknown before it is read: ImageNet's, as the hide fill's default
-            from keras_wsol.layers import TORCH_MEAN_RGB, TORCH_STD_RGB
-
             logging.info("Training split is a stream: the small backbone standardizes with ImageNet's mean and std")
             arguments["input_statistics"] = (TORCH_MEAN_RGB, TORCH_STD_RGB)
     if train.indexable:  # a stream keeps the declared default (e.g. the ImageNet mean pixel)
-        for argument, statistic in wsol_flags.dataset_statistics(FLAGS.method).items():
+        for argument, statistic in wsol_settings.dataset_statistics(FLAGS.method).items():
             arguments[argument] = statistics(statistic)
     parameters = {p.name: p for p in method.hyperparameters}
 
@@ -259,9 +248,6 @@ def build_model(train, strategy):
 
 def training_data(model, train, strategy):
     """``(dataset, steps per epoch)`` for ``fit``."""
-    import tensorflow as tf
-
-    from keras_wsol.data import pipeline
 
     replicas = strategy.num_replicas_in_sync
     try:
@@ -300,144 +286,156 @@ def _cache(name: str, split) -> str | None:
     The hash (:func:`keras_wsol.data.splits.fingerprint`) keeps a cache of
     other data, or of the same files before they changed, from being read.
     """
-    from keras_wsol.data.splits import fingerprint
-
     if not FLAGS.cache or FLAGS.cache == "memory":
         return FLAGS.cache
     return f"{FLAGS.cache}_{name}_{fingerprint(split, FLAGS.image_size)}"
 
 
+class TrainingRun:
+    """One ``train.py`` run: its settings resolved from the flags, its data, state, model and callbacks.
+
+    :meth:`execute` runs the steps in order; each step is one method. Errors
+    in the flags or data stop the run before anything is written or trained.
+    """
+
+    def __init__(self) -> None:
+        if FLAGS.weights not in ("none", "imagenet", "") and not os.path.isfile(FLAGS.weights):
+            raise app.UsageError(f"--weights={FLAGS.weights}: no such file (use none, imagenet or a .weights.h5 path)")
+        keras.utils.set_random_seed(FLAGS.seed)
+        if FLAGS.mixed_precision != "none":
+            keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+        try:
+            self.strategy = distribute.build_strategy(FLAGS.strategy, FLAGS.tpu)
+        except ValueError as error:
+            raise app.UsageError(f"--strategy={FLAGS.strategy}: {error}") from None
+        self.chief = distribute.is_chief(self.strategy)
+        # Other workers of a multi-worker run write to a scratch folder of their own, removed at the end.
+        self.workdir = FLAGS.workdir if self.chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
+        self.data = {split: wsol_settings.load_split(split) for split in synthetic.SPLITS}
+        wsol_settings.check_data(self.data)  # before anything is written or trained
+        self.identity = run_identity(self.data)
+        self.model = None
+
+    def execute(self) -> None:
+        """Train (or resume, or only evaluate, or do nothing for a finished run), then evaluate the best epoch."""
+        if FLAGS.overwrite and self.chief:
+            remove_run(FLAGS.workdir)
+        state = previous_run(FLAGS.workdir, self.identity)
+        if state == "evaluated" or (state == "trained" and not FLAGS.evaluate):
+            done = "trained and evaluated" if FLAGS.evaluate else "trained"
+            print(
+                f"--workdir={FLAGS.workdir} already holds this run, {done} (checkpoints/, eval_test/): nothing to "
+                "do. Pass --overwrite to train it again."
+            )
+            return
+        if state == "trained":  # training finished, its final evaluation did not: no model to build
+            if self.chief:
+                print(f"--workdir={FLAGS.workdir}: trained already; evaluating checkpoints/best.keras")
+                evaluate_test(self.data["test"], self.identity)
+            return
+        self.announce(resuming=state == "training")
+        self.build_and_compile()
+        callbacks = self.callbacks()
+        # Written once the model is built and compiled: a command that fails before leaves nothing behind.
+        os.makedirs(self.workdir, exist_ok=True)
+        if self.chief:
+            write_flagfile(os.path.join(self.workdir, "flags.txt"))
+            if state is None:
+                mark_run(FLAGS.workdir, self.identity, "training")
+        self.fit(callbacks)
+        if not self.chief:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return
+        mark_run(FLAGS.workdir, self.identity, "trained")
+        if FLAGS.evaluate:
+            evaluate_test(self.data["test"], self.identity)
+
+    def announce(self, resuming: bool) -> None:
+        """One paragraph on the data and model before training (chief only)."""
+        if not self.chief:
+            return
+        train = self.data["train"]
+        sizes = ", ".join(f"{name} {len(split)}" for name, split in self.data.items())
+        print(
+            f"Data: {wsol_settings.data_source()}: {train.num_classes} classes; images {sizes} (checked: metadata, "
+            f"every image decoded). Model: --method={FLAGS.method} --backbone={FLAGS.backbone} --weights="
+            f"{FLAGS.weights} --image_size={FLAGS.image_size}; {FLAGS.epochs} epochs"
+            + (" (resuming from the last finished epoch in backup/)" if resuming else "")
+        )
+
+    def build_and_compile(self) -> None:
+        """The model, its training and validation data, and ``compile`` with the run's optimizer."""
+        self.model = build_model(self.data["train"], self.strategy)
+        if self.strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
+            distribute.synchronize_batch_norm(self.model)
+        self.train_ds, self.steps_per_epoch = training_data(self.model, self.data["train"], self.strategy)
+        val = self.data["val"]
+        self.val_ds = pipeline.eval_dataset(val, FLAGS.batch_size, FLAGS.image_size, cache=_cache("val", val))
+        with self.strategy.scope():
+            steps = FLAGS.epochs * self.steps_per_epoch
+            try:
+                settings = optimizer_settings(self.model)
+            except ValueError as error:
+                raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
+            self.model.compile(
+                optimizer=build_optimizer(steps * self.model.optimizer_steps_per_batch, settings),
+                make_optimizer=functools.partial(build_optimizer, steps, settings),
+                jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
+            )
+
+    def callbacks(self) -> list:
+        """Non-finite stop, backup, epoch selection (--select_checkpoint), checkpoints, logs, CAM overlays."""
+        ckpt, monitor, selection = os.path.join(self.workdir, "checkpoints"), FLAGS.select_checkpoint, []
+        if monitor == "val_localization":
+            try:
+                selection = [ValidationLocalization(self.data["val"], wsol_settings.protocol(), FLAGS.batch_size)]
+            except ValueError as error:
+                if FLAGS["select_checkpoint"].present:
+                    raise app.UsageError(f"--select_checkpoint=val_localization: {error}") from None
+                logging.info("checkpoints/best.keras keeps the lowest val_loss: %s", error)
+                monitor = "val_loss"
+        overlays = pipeline.first_images(self.data["val"], 8, FLAGS.image_size), self.data["val"].labels[:8]
+        return [
+            StopOnNonFiniteLoss(ckpt),  # first: nothing saves NaN weights
+            keras.callbacks.BackupAndRestore(os.path.join(self.workdir, "backup")),
+            *selection,  # before the checkpoint and the logs that read val_localization
+            AtomicCheckpoint(
+                os.path.join(ckpt, "best.keras"), monitor=monitor, mode="min" if monitor == "val_loss" else "max"
+            ),
+            AtomicCheckpoint(os.path.join(ckpt, "last.keras")),
+            keras.callbacks.CSVLogger(os.path.join(self.workdir, "log.csv"), append=True),
+            keras.callbacks.TensorBoard(os.path.join(self.workdir, "tensorboard")),
+            CAMOverlayLogger(os.path.join(self.workdir, "tensorboard"), *overlays),
+        ]
+
+    def fit(self, callbacks: list) -> None:
+        """``model.fit`` over the epochs; a non-finite loss or Ctrl-C ends the command with a message."""
+        try:
+            self.model.fit(
+                self.train_ds,
+                validation_data=self.val_ds,
+                epochs=FLAGS.epochs,
+                callbacks=callbacks,
+                verbose="auto" if sys.stdout.isatty() else 2,  # a progress bar in a terminal, a line an epoch in logs
+                steps_per_epoch=self.steps_per_epoch if self.model.uses_class_sets else None,  # class sets never end
+            )
+        except FloatingPointError as error:
+            sys.exit(f"train.py: {error}")
+        except KeyboardInterrupt:
+            sys.exit("\ntrain.py: interrupted. Run the same command again to resume from the last finished epoch.")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.weights not in ("none", "imagenet", "") and not os.path.isfile(FLAGS.weights):
-        raise app.UsageError(f"--weights={FLAGS.weights}: no such file (use none, imagenet or a .weights.h5 path)")
-    import shutil
-
-    import keras
-
-    from keras_wsol import distribute
-    from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss, ValidationLocalization
-    from keras_wsol.data import pipeline, synthetic
-
-    keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
-    try:
-        strategy = distribute.build_strategy(FLAGS.strategy, FLAGS.tpu)
-    except ValueError as error:
-        raise app.UsageError(f"--strategy={FLAGS.strategy}: {error}") from None
-    chief = distribute.is_chief(strategy)
-    # Other workers of a multi-worker run write to a scratch folder of their own, removed at the end.
-    workdir = FLAGS.workdir if chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
-    data = {split: wsol_flags.load_split(split) for split in synthetic.SPLITS}
-    wsol_flags.check_data(data)  # before anything is written or trained
-    identity = run_identity(data)
-    if FLAGS.overwrite and chief:
-        remove_run(FLAGS.workdir)
-    state = previous_run(FLAGS.workdir, identity)
-    if state == "evaluated" or (state == "trained" and not FLAGS.evaluate):
-        done = "trained and evaluated" if FLAGS.evaluate else "trained"
-        print(
-            f"--workdir={FLAGS.workdir} already holds this run, {done} (checkpoints/, eval_test/): nothing to do. "
-            "Pass --overwrite to train it again."
-        )
-        return
-    if state == "trained":  # training finished, its final evaluation did not: no model to build
-        if chief:
-            print(f"--workdir={FLAGS.workdir}: trained already; evaluating checkpoints/best.keras")
-            evaluate_test(data["test"], identity)
-        return
-    train = data["train"]
-    if chief:
-        sizes = ", ".join(f"{name} {len(split)}" for name, split in data.items())
-        print(
-            f"Data: {wsol_flags.data_source()}: {train.num_classes} classes; images {sizes} (checked: metadata, "
-            f"every image decoded). Model: --method={FLAGS.method} --backbone={FLAGS.backbone} --weights="
-            f"{FLAGS.weights} --image_size={FLAGS.image_size}; {FLAGS.epochs} epochs"
-            + (" (resuming from the last finished epoch in backup/)" if state == "training" else "")
-        )
-    model = build_model(train, strategy)
-    if strategy.num_replicas_in_sync > 1 and FLAGS.sync_batchnorm:
-        distribute.synchronize_batch_norm(model)
-    train_ds, steps_per_epoch = training_data(model, train, strategy)
-    val_ds = pipeline.eval_dataset(data["val"], FLAGS.batch_size, FLAGS.image_size, cache=_cache("val", data["val"]))
-
-    with strategy.scope():
-        steps = FLAGS.epochs * steps_per_epoch
-        try:
-            settings = optimizer_settings(model)
-        except ValueError as error:
-            raise app.UsageError(f"--method={FLAGS.method}: {error}") from None
-        model.compile(
-            optimizer=build_optimizer(steps * model.optimizer_steps_per_batch, settings),
-            make_optimizer=functools.partial(build_optimizer, steps, settings),
-            jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
-        )
-    ckpt = os.path.join(workdir, "checkpoints")
-    monitor, selection = FLAGS.select_checkpoint, []
-    if monitor == "val_localization":
-        try:
-            selection = [ValidationLocalization(data["val"], wsol_flags.protocol(), FLAGS.batch_size)]
-        except ValueError as error:
-            if FLAGS["select_checkpoint"].present:
-                raise app.UsageError(f"--select_checkpoint=val_localization: {error}") from None
-            logging.info("checkpoints/best.keras keeps the lowest val_loss: %s", error)
-            monitor = "val_loss"
-    callbacks = [
-        StopOnNonFiniteLoss(ckpt),  # first: nothing saves NaN weights
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
-        *selection,  # before the checkpoint and the logs that read val_localization
-        AtomicCheckpoint(
-            os.path.join(ckpt, "best.keras"),
-            monitor=monitor,
-            mode="min" if monitor == "val_loss" else "max",
-        ),
-        AtomicCheckpoint(os.path.join(ckpt, "last.keras")),
-        keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-        CAMOverlayLogger(
-            os.path.join(workdir, "tensorboard"),
-            pipeline.first_images(data["val"], 8, FLAGS.image_size),
-            data["val"].labels[:8],
-        ),
-    ]
-    # Written once the model is built and compiled: a command that fails before leaves nothing behind.
-    os.makedirs(workdir, exist_ok=True)
-    if chief:
-        write_flagfile(os.path.join(workdir, "flags.txt"))
-        if state is None:
-            mark_run(FLAGS.workdir, identity, "training")
-    try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=FLAGS.epochs,
-            callbacks=callbacks,
-            verbose="auto" if sys.stdout.isatty() else 2,  # a progress bar in a terminal, a line an epoch in logs
-            steps_per_epoch=steps_per_epoch if model.uses_class_sets else None,
-        )  # class sets never end
-    except FloatingPointError as error:
-        sys.exit(f"train.py: {error}")
-    except KeyboardInterrupt:
-        sys.exit("\ntrain.py: interrupted. Run the same command again to resume from the last finished epoch.")
-    if not chief:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return
-    mark_run(FLAGS.workdir, identity, "trained")
-    if FLAGS.evaluate:
-        evaluate_test(data["test"], identity)
+    TrainingRun().execute()
 
 
 def evaluate_test(test, identity: dict[str, str]) -> None:
     """The final evaluation: the run's best checkpoint on the test split; the run is then ``evaluated``."""
-    import keras
-
-    from keras_wsol import evaluation, reporting
-
     best = keras.models.load_model(os.path.join(FLAGS.workdir, "checkpoints", "best.keras"))
     out = os.path.join(FLAGS.workdir, "eval_test")
-    results = reporting.evaluate_split(best, test, out, wsol_flags.protocol(), progress="Test split")
+    results = reporting.evaluate_split(best, test, out, wsol_settings.protocol(), progress="Test split")
     print(f"\nTest split ({len(test)} images), {FLAGS.method} / {FLAGS.backbone}:")
     print(evaluation.format_table(results))
     print(f"\nmetrics and pictures: {out}")
@@ -446,10 +444,9 @@ def evaluate_test(test, identity: dict[str, str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """The train command: define the flags (every registered method's included), parse ``argv``, train."""
-    quiet.install()
     wsol_flags.define_train_flags()
-    wsol_flags.show_in_help(__name__, wsol_flags.__name__)
-    app.run(wsol_flags.errors_without_help(main), argv=argv, flags_parser=wsol_flags.parse_flags)
+    parsing.show_in_help(__name__, wsol_flags.__name__)
+    app.run(parsing.errors_without_help(main), argv=argv, flags_parser=parsing.parse_flags)
 
 
 if __name__ == "__main__":
