@@ -40,9 +40,9 @@ import torch
 from torch import nn
 
 from keras_wsol import localizers
+from keras_wsol.layers import CAFFE_MEAN_BGR
 from keras_wsol.methods import CAM
 
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 STAGES = ((2, 3, 64, 1), (3, 4, 128, 2), (4, 6, 256, 1), (5, 3, 512, 1))  # stage, blocks, width, first stride
 
 

@@ -237,6 +237,9 @@ _BUILDERS: dict[str, Callable[[tuple[int, int, int], str | None, Surgery], keras
 }
 
 BACKBONES = tuple(_BUILDERS)
+#: The backbones that normalize their input with the training data's statistics (``input_statistics``); the
+#: others normalize as their ImageNet weights expect.
+DATASET_NORMALIZED = ("small",)
 
 # The downsampling layers between a tap and ``high``, per backbone: the taps
 # ``keep_resolution_after`` accepts. ResNet50's and MobileNetV2's last stages
@@ -313,7 +316,7 @@ def build_backbone(
             )
         surgery = _DOWNSAMPLING_AFTER[name][keep_resolution_after]
     if input_statistics is not None:
-        if name != "small":
+        if name not in DATASET_NORMALIZED:
             raise ValueError(
                 f"input_statistics: backbone {name} normalizes its input as its ImageNet weights expect; "
                 "dataset statistics are for the small backbone"

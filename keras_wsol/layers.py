@@ -12,11 +12,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-# keras.applications "caffe" preprocessing: RGB -> BGR, ImageNet mean subtracted.
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-# torchvision's ImageNet normalization (RGB mean and std of [0, 1] pixels), scaled to [0, 255].
-TORCH_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-TORCH_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# The ImageNet pixel statistics this project uses wherever it chooses them (the hide fill of a stream, the small
+# backbone's fallback): torchvision's (RGB mean and std of [0, 1] pixels), scaled to [0, 255].
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# keras.applications' "caffe" preprocessing (RGB -> BGR, this mean subtracted): fixed by the VGG16 and ResNet50
+# weights, which were trained with it; another estimate of the same mean, not a choice of ours.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -59,10 +61,10 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "unit":
             return (0.0, 0.0, 0.0)
         if self.mode == "torch":
-            return TORCH_MEAN_RGB
+            return IMAGENET_MEAN_RGB
         if self.mode == "standardize":
             return self.mean
-        return tuple(reversed(_CAFFE_MEAN_BGR))
+        return tuple(reversed(CAFFE_MEAN_BGR))
 
     def call(self, images):
         images = ops.cast(images, self.compute_dtype)
@@ -71,10 +73,10 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "unit":
             return images / 255.0
         if self.mode in ("torch", "standardize"):
-            statistics = (TORCH_MEAN_RGB, TORCH_STD_RGB) if self.mode == "torch" else (self.mean, self.std)
+            statistics = (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB) if self.mode == "torch" else (self.mean, self.std)
             mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in statistics)
             return (images - mean) / std
-        return images[..., ::-1] - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
+        return images[..., ::-1] - ops.convert_to_tensor(CAFFE_MEAN_BGR, self.compute_dtype)
 
     def get_config(self) -> dict:
         extra = {"mean": list(self.mean), "std": list(self.std)} if self.mode == "standardize" else {}

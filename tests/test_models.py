@@ -120,3 +120,12 @@ def test_masked_pixels_equal_the_dataset_mean_after_preprocessing():
     assert CAM.from_config(model.get_config()).input_statistics == model.input_statistics
     with pytest.raises(ValueError, match="dataset statistics are for the small backbone"):
         CAM(num_classes=2, backbone="mobilenet_v2", image_size=32, input_statistics=(mean, std))
+
+
+def test_one_imagenet_mean_wherever_the_project_chooses_one():
+    """The hide fill's default (a stream's statistics are unknown) and the torch-mode zero point are one constant."""
+    from keras_wsol.layers import IMAGENET_MEAN_RGB, Preprocess
+    from keras_wsol.methods import METHODS
+
+    fill = {p.name: p.default for p in METHODS["complementary"].hyperparameters}["hide_fill"]
+    assert fill == IMAGENET_MEAN_RGB == Preprocess("torch").zero_point

@@ -24,14 +24,14 @@ from absl import app, logging
 import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
 from keras_wsol import distribute, evaluation, optimizers, reporting
 from keras_wsol.atomic import write_json, write_text
-from keras_wsol.backbones import pretrained
+from keras_wsol.backbones import DATASET_NORMALIZED, pretrained
 from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss, ValidationLocalization
 from keras_wsol.cli import flags as wsol_flags
 from keras_wsol.cli import parsing
 from keras_wsol.cli import settings as wsol_settings
 from keras_wsol.data import factory, pipeline, synthetic
 from keras_wsol.data.splits import content_digest, fingerprint
-from keras_wsol.layers import TORCH_MEAN_RGB, TORCH_STD_RGB
+from keras_wsol.layers import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from keras_wsol.methods import get_method
 from keras_wsol.methods.hyperparameters import flag_name
 
@@ -221,16 +221,19 @@ def build_model(train, strategy):
     )
     statistics = dataset_statistics(train)
     given = FLAGS["input_normalization"].present
-    if given and FLAGS.backbone != "small":
-        raise app.UsageError(f"--input_normalization is for --backbone=small, not {FLAGS.backbone}")
-    if FLAGS.input_normalization == "dataset" and FLAGS.backbone == "small":
+    dataset_normalized = FLAGS.backbone in DATASET_NORMALIZED
+    if given and not dataset_normalized:
+        raise app.UsageError(
+            f"--input_normalization is for --backbone={' or '.join(DATASET_NORMALIZED)}, not {FLAGS.backbone}"
+        )
+    if FLAGS.input_normalization == "dataset" and dataset_normalized:
         if train.indexable:
             arguments["input_statistics"] = (statistics("mean_pixel"), statistics("std_pixel"))
         elif given:
             raise app.UsageError("--input_normalization=dataset needs an indexable training split, not a stream")
         else:  # a stream's statistics are unknown before it is read: ImageNet's, as the hide fill's default
             logging.info("Training split is a stream: the small backbone standardizes with ImageNet's mean and std")
-            arguments["input_statistics"] = (TORCH_MEAN_RGB, TORCH_STD_RGB)
+            arguments["input_statistics"] = (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)
     if train.indexable:  # a stream keeps the declared default (e.g. the ImageNet mean pixel)
         for argument, statistic in wsol_settings.dataset_statistics(FLAGS.method).items():
             arguments[argument] = statistics(statistic)

@@ -75,7 +75,7 @@ from keras import ops
 
 from keras_wsol.backbones import pretrained
 from keras_wsol.distribute import replica_mean
-from keras_wsol.layers import ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
+from keras_wsol.layers import IMAGENET_MEAN_RGB, ChannelAssistedAttention, SpatialSelfAttention, hide_and_seek_masks
 from keras_wsol.losses import POSITION_REDUCTIONS, attention_fusion_per_image
 from keras_wsol.maps import class_channel, predicted_where_negative
 from keras_wsol.methods.base import WSOLModel
@@ -83,7 +83,6 @@ from keras_wsol.methods.hyperparameters import HyperParameter
 
 PAPER_PATCH_SIZES = (16, 32, 44, 56)
 AGGREGATIONS = ("auto", "bn_relu", "relu", "linear")
-IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
