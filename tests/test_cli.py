@@ -96,7 +96,7 @@ def test_evaluate_checkpoint_takes_its_workdirs_data_or_needs_data_flags(workdir
     result = run("evaluate.py", f"--checkpoint={tmp_path}/loose.keras", f"--output_dir={tmp_path}/f")
     assert result.returncode != 0 and "is not in a train.py workdir: give the data" in result.stderr
     assert not os.path.exists(tmp_path / "f")
-    export = ["--export", f"--export_dir={tmp_path}/sm", "--model_name=loose", "--export_threshold=0.3"]
+    export = ["--export", f"--export_dir={tmp_path}/sm", "--model_name=loose", "--box_threshold=0.3"]
     result = run("evaluate.py", f"--checkpoint={tmp_path}/loose.keras", *export)  # reads no data: allowed
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(tmp_path / "sm" / "loose" / "1" / "saved_model.pb")
@@ -191,11 +191,15 @@ def test_flagfile_errors_name_the_file_and_line(lines, error, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag,new",
-    [("--lambda_frr=10", "--minmaxcam_lambda_frr"), ("--nouse_caam", "--nocomplementary_use_caam")],
+    "script,flag,new",
+    [
+        ("train.py", "--lambda_frr=10", "--minmaxcam_lambda_frr"),
+        ("train.py", "--nouse_caam", "--nocomplementary_use_caam"),
+        ("evaluate.py", "--export_threshold=0.3", "--box_threshold"),
+    ],
 )
-def test_a_flag_renamed_in_0_2_0_fails_naming_its_new_name(flag, new, tmp_path):
-    result = run("train.py", flag, f"--workdir={tmp_path}")
+def test_a_flag_renamed_in_0_2_0_fails_naming_its_new_name(script, flag, new, tmp_path):
+    result = run(script, flag, f"--workdir={tmp_path}")
     assert result.returncode != 0 and f"--{flag[2:].split('=')[0]} was renamed {new} in" in result.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
 
@@ -363,14 +367,14 @@ def test_evaluate_exports_versioned_savedmodels(workdir, tmp_path):
         "--model_name=tiny",
         "--localizer=gradcam",
         "--layer=mid",
-        "--export_threshold=0.3",
+        "--box_threshold=0.3",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.load(open(root / "tiny" / "2" / "assets.extra" / "keras_wsol.json"))
     assert (record["localizer"], record["layer"], record["threshold"]) == ("gradcam", "mid", 0.3)
     for args, message in (
         (["--version=1"], "--version=1"),
-        (["--export_threshold=1.5"], "--export_threshold"),
+        (["--box_threshold=1.5"], "--box_threshold"),
         (["--model_name=../x"], "--model_name"),
         (["--localizer=all"], "cannot be all"),
     ):

@@ -2,13 +2,17 @@
 
 Run it as ``python evaluate.py`` (a checkout), ``wsol-evaluate`` (installed)
 or ``python -m keras_wsol.cli.evaluate``; the root ``evaluate.py`` lists its
-modes with examples.
+modes with examples. The flags choose one command (:func:`chosen_command`),
+one function each: :func:`evaluate` (the default: one localizer on a split),
+:func:`sweep` (``--localizer=all`` / ``--layer=all``), :func:`export_savedmodel`
+(``--export``), :func:`localize_images` (``--images``) and
+:func:`score_maps_on_disk` (``--scoremap_root``, no TensorFlow).
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from absl import app, flags
@@ -73,9 +77,6 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_integer(
         "version", None, "Export: version number (must be free); default the next free one.", lower_bound=1
     )
-    flags.DEFINE_float(
-        "export_threshold", None, "Export: box threshold tau in [0, 1) instead of the one chosen on val."
-    )
     flags.DEFINE_list(
         "compare_workdirs",
         [],
@@ -99,11 +100,14 @@ def define_evaluate_flags() -> None:
     flags.DEFINE_bool("imagenet_surgery", False, "--imagenet: run the last stride-2 stage at stride 1 (finer maps).")
     flags.DEFINE_float(
         "box_threshold",
-        DEFAULT_BOX_THRESHOLD,
-        "--images: box threshold tau on the min-max normalized map (CAM's fixed 20%, Zhou et al. 2016).",
+        None,
+        f"The tau at which boxes are drawn from a min-max normalized map: --images (default {DEFAULT_BOX_THRESHOLD}, "
+        "CAM's fixed 20%, Zhou et al. 2016) and --export (default: the tau of the best MaxBoxAcc on the val split). "
+        "The protocol's scores try every tau; --fixed_threshold adds one to their report.",
         lower_bound=0,
         upper_bound=0.999,
     )
+    wsol_flags.RENAMED["export_threshold"] = "box_threshold"
     flags.DEFINE_bool(
         "faithfulness",
         False,
@@ -158,7 +162,7 @@ def evaluate_scoremap_folder() -> dict:
     return run.result()
 
 
-def localize_images(options: dict) -> None:
+def localize_images() -> None:
     """``--images``: top-5 classes, a box and an overlay per file, from --imagenet or a checkpoint."""
     from keras_wsol import image_files, localizers, pretrained
 
@@ -182,8 +186,9 @@ def localize_images(options: dict) -> None:
         names = run_class_names(FLAGS.workdir or checkpoint_workdir(checkpoint), model.num_classes)
         out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), "images")
     try:
-        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
-        found = image_files.localize_files(localizer, paths, names, FLAGS.box_threshold, out)
+        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **localizer_options())
+        tau = DEFAULT_BOX_THRESHOLD if FLAGS.box_threshold is None else FLAGS.box_threshold
+        found = image_files.localize_files(localizer, paths, names, tau, out)
     except ValueError as error:
         raise app.UsageError(f"--images --localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
     for item in found:
@@ -322,7 +327,7 @@ def compare_curves(model, split, out: str) -> None:
 
 
 def export_checkpoint(model, localizer: Localizer, checkpoint: str, base: str) -> None:
-    """``--export``: choose the box threshold on val (or take --export_threshold), write the SavedModel."""
+    """``--export``: choose the box threshold on val (or take --box_threshold), write the SavedModel."""
     from keras_wsol import export
 
     name = FLAGS.model_name or os.path.basename(os.path.normpath(os.path.abspath(base)))
@@ -330,20 +335,18 @@ def export_checkpoint(model, localizer: Localizer, checkpoint: str, base: str) -
         export.check_model_name(name)
     except ValueError as error:
         raise app.UsageError(f"--model_name: {error}") from None
-    if FLAGS.export_threshold is None:
+    if FLAGS.box_threshold is None:
         try:
             threshold, accuracy = export.validation_threshold(
                 localizer, wsol_settings.load_split("val"), FLAGS.cam_curve_interval
             )
         except ValueError as error:
-            raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}; pass --export_threshold") from None
+            raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}; pass --box_threshold") from None
         chosen = {"threshold_source": "val split, MaxBoxAcc", "val_MaxBoxAcc": accuracy}
         print(f"box threshold {threshold:.3f} chosen on the val split (MaxBoxAcc {accuracy:.2f})")
     else:
-        threshold = FLAGS.export_threshold
-        if not 0 <= threshold < 1:
-            raise app.UsageError(f"--export_threshold={threshold}: must be in [0, 1)")
-        chosen = {"threshold_source": "--export_threshold"}
+        threshold = FLAGS.box_threshold
+        chosen = {"threshold_source": "--box_threshold"}
     try:
         path = export.export_model(
             model,
@@ -364,37 +367,32 @@ def export_checkpoint(model, localizer: Localizer, checkpoint: str, base: str) -
     )
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.scoremap_root or FLAGS.output_json:
-        if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):
-            raise app.UsageError("evaluator-only mode needs --scoremap_root, --metadata_root and --output_json")
-        folder = os.path.dirname(os.path.abspath(FLAGS.output_json))
-        try:  # before the evaluation, so a bad path cannot lose its result
-            os.makedirs(folder, exist_ok=True)
-        except OSError as error:
-            raise app.UsageError(f"--output_json={FLAGS.output_json}: cannot create its folder ({error})") from None
-        if os.path.isdir(FLAGS.output_json):
-            raise app.UsageError(f"--output_json={FLAGS.output_json} is a folder: give a file name")
-        result = evaluate_scoremap_folder()
-        write_json(result, FLAGS.output_json)
-        print(evaluation.format_table({"score maps": result}))
-        return
-    from keras_wsol import localizers, reporting
+def score_maps_on_disk() -> None:
+    """Evaluator-only mode (``--scoremap_root``): score maps on disk against a metadata folder, no TensorFlow."""
+    if not (FLAGS.scoremap_root and FLAGS.metadata_root and FLAGS.output_json):
+        raise app.UsageError("evaluator-only mode needs --scoremap_root, --metadata_root and --output_json")
+    folder = os.path.dirname(os.path.abspath(FLAGS.output_json))
+    try:  # before the evaluation, so a bad path cannot lose its result
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise app.UsageError(f"--output_json={FLAGS.output_json}: cannot create its folder ({error})") from None
+    if os.path.isdir(FLAGS.output_json):
+        raise app.UsageError(f"--output_json={FLAGS.output_json} is a folder: give a file name")
+    result = evaluate_scoremap_folder()
+    write_json(result, FLAGS.output_json)
+    print(evaluation.format_table({"score maps": result}))
 
+
+def localizer_options() -> dict:
+    """The localizer flags as ``get_localizer`` options."""
     options = {"score": FLAGS.localizer_score, "guided": {"default": None, "on": True, "off": False}[FLAGS.guided]}
     if FLAGS.layer and "," in FLAGS.layer:
         options["fusion"] = FLAGS.layer_fusion
-    if FLAGS.images:
-        if "all" in (FLAGS.localizer, FLAGS.layer):
-            raise app.UsageError("--images takes one --localizer and one --layer, not all")
-        localize_images(options)
-        return
-    if not (FLAGS.workdir or FLAGS.checkpoint):
-        raise app.UsageError(
-            "pass --workdir (or --checkpoint), --images, or --scoremap_root/--metadata_root/--output_json"
-        )
+    return options
+
+
+def trained_model(reads_data: bool = True):
+    """``(model, checkpoint, output base)`` of --workdir or --checkpoint; the data flags replayed from its run."""
     data_from = FLAGS.workdir or checkpoint_workdir(FLAGS.checkpoint)
     if data_from:
         # The dataset flags of the training run, unless given on this command line; a --dataset given here
@@ -406,65 +404,118 @@ def main(argv: list[str]) -> None:
             other_source = FLAGS.dataset not in factory.SOURCE_FIELDS.get(name, (FLAGS.dataset,))
             if not FLAGS[name].present and not other_source:
                 FLAGS[name].parse(value)
-    elif not any(FLAGS[name].present for name in wsol_flags.DATA_FLAGS) and not (
-        FLAGS.export and FLAGS.export_threshold is not None  # the one mode that reads no data
-    ):
+    elif reads_data and not any(FLAGS[name].present for name in wsol_flags.DATA_FLAGS):
         raise app.UsageError(
             f"--checkpoint={FLAGS.checkpoint} is not in a train.py workdir: give the data it is to be scored on "
             "(--dataset and its flags, e.g. --dataset=synthetic --image_size=96), or --workdir"
         )
     model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
-    base = FLAGS.workdir or os.path.dirname(checkpoint)
-    protocol = wsol_settings.protocol()
+    return model, checkpoint, FLAGS.workdir or os.path.dirname(checkpoint)
+
+
+def checked_split(model):
+    """The --split the model is scored on, checked against its class count before any long work."""
+    split = wsol_settings.load_split(FLAGS.split)
+    classes = getattr(model, "num_classes", None) or int(model.outputs[0].shape[-1])
+    wsol_settings.check_data({FLAGS.split: split}, num_classes=classes)
+    return split
+
+
+def faithfulness_settings() -> dict | None:
+    """``--faithfulness``'s steps and fill, or None."""
+    return {"steps": FLAGS.faithfulness_steps, "fill": FLAGS.faithfulness_fill} if FLAGS.faithfulness else None
+
+
+def export_savedmodel() -> None:
+    """``--export``: the checkpoint with one localizer and a box threshold as a TF Serving SavedModel."""
+    from keras_wsol import localizers
+
+    if "all" in (FLAGS.localizer, FLAGS.layer):
+        raise app.UsageError("--export bakes one localizer into the model: --localizer and --layer cannot be all")
+    model, checkpoint, base = trained_model(reads_data=FLAGS.box_threshold is None)  # a given tau reads no data
     try:
-        if FLAGS.export:
-            if "all" in (FLAGS.localizer, FLAGS.layer):
-                raise app.UsageError(
-                    "--export bakes one localizer into the model: --localizer and --layer cannot be all"
-                )
-            export_checkpoint(
-                model, localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options), checkpoint, base
-            )
-            return
-        split = wsol_settings.load_split(FLAGS.split)
-        rise = {"steps": FLAGS.faithfulness_steps, "fill": FLAGS.faithfulness_fill} if FLAGS.faithfulness else None
-        classes = getattr(model, "num_classes", None) or int(model.outputs[0].shape[-1])
-        wsol_settings.check_data({FLAGS.split: split}, num_classes=classes)
-        if "all" in (FLAGS.localizer, FLAGS.layer):
-            names = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
-            layers = (
-                localizers.feature_layers(model)
-                if FLAGS.layer == "all"
-                else [FLAGS.layer or localizers.classifier_layer(model)]
-            )
-            out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers{settings_suffix()}")
-            results = reporting.sweep_localizers(
-                model, split, names, layers, protocol, progress=True, faithfulness_settings=rise, **options
-            )
-            os.makedirs(out, exist_ok=True)
-            write_json(results, os.path.join(out, "localizers.json"))
-            print(evaluation.format_table(results))
-            print(f"\nmetrics: {out}/localizers.json")
-            return
-        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **options)
+        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **localizer_options())
+        export_checkpoint(model, localizer, checkpoint, base)
+    except ValueError as error:
+        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
+
+
+def sweep() -> None:
+    """``--localizer=all`` or ``--layer=all``: every localizer at every layer, one table (BagCAMs Tables 4-6)."""
+    from keras_wsol import localizers, reporting
+
+    model, _, base = trained_model()
+    split = checked_split(model)
+    names = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
+    try:
+        layers = (
+            localizers.feature_layers(model)
+            if FLAGS.layer == "all"
+            else [FLAGS.layer or localizers.classifier_layer(model)]
+        )
+        results = reporting.sweep_localizers(
+            model, split, names, layers, wsol_settings.protocol(), progress=True,
+            faithfulness_settings=faithfulness_settings(), **localizer_options(),
+        )  # fmt: skip
+    except ValueError as error:
+        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
+    out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers{settings_suffix()}")
+    os.makedirs(out, exist_ok=True)
+    write_json(results, os.path.join(out, "localizers.json"))
+    print(evaluation.format_table(results))
+    print(f"\nmetrics: {out}/localizers.json")
+
+
+def evaluate() -> None:
+    """The default command: one localizer's maps on --split under the protocol: table, metrics.json, pictures."""
+    from keras_wsol import localizers, reporting
+
+    model, _, base = trained_model()
+    split = checked_split(model)
+    try:
+        localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **localizer_options())
     except ValueError as error:
         raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
     suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
-    suffix += settings_suffix()
-    out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}")
+    out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}{settings_suffix()}")
     results = reporting.evaluate_split(
         model,
         split,
         out,
-        protocol,
+        wsol_settings.protocol(),
         localizer=localizer,
         progress=f"{FLAGS.split} split, {localizer.name}@{localizer.layer}",
-        faithfulness_settings=rise,
+        faithfulness_settings=faithfulness_settings(),
     )
     print(evaluation.format_table(results))
     if FLAGS.compare_workdirs:
         compare_curves(model, split, out)
     print(f"\nmetrics and pictures: {out}")
+
+
+def chosen_command() -> Callable[[], None]:
+    """The one command the flags ask for (module docstring): each is a function of this module."""
+    if FLAGS.scoremap_root or FLAGS.output_json:
+        return score_maps_on_disk
+    if FLAGS.images:
+        if "all" in (FLAGS.localizer, FLAGS.layer):
+            raise app.UsageError("--images takes one --localizer and one --layer, not all")
+        return localize_images
+    if not (FLAGS.workdir or FLAGS.checkpoint):
+        raise app.UsageError(
+            "pass --workdir (or --checkpoint), --images, or --scoremap_root/--metadata_root/--output_json"
+        )
+    if FLAGS.export:
+        return export_savedmodel
+    if "all" in (FLAGS.localizer, FLAGS.layer):
+        return sweep
+    return evaluate
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    chosen_command()()
 
 
 def run(argv: list[str] | None = None) -> None:
