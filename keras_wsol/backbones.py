@@ -325,6 +325,34 @@ def build_backbone(
     return _BUILDERS[name](input_shape, weights, surgery)
 
 
+def check_backbone(backbone: keras.Model, image_size: int) -> None:
+    """Refuse a backbone object that does not keep the taps' contract, naming what is wrong.
+
+    The contract: a Keras model mapping ``[B, S, S, 3]`` RGB pixels in [0, 255]
+    to a dict of 4-D feature maps ``low``, ``mid`` and ``high`` (``high`` the
+    map the classifier reads).
+
+    Example:
+        >>> check_backbone(build_backbone("small", (32, 32, 3)), 32)
+        >>> check_backbone(keras.Sequential([keras.layers.Conv2D(4, 3)], name="plain"), 32)
+        Traceback (most recent call last):
+        ...
+        ValueError: backbone plain: must map images to a dict of 'low', 'mid' and 'high' feature maps, not KerasTensor
+    """
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(f"backbone: a name or a keras.Model, not {type(backbone).__name__}")
+    outputs = backbone(keras.Input((image_size, image_size, 3)))
+    missing = [tap for tap in TAPS if not isinstance(outputs, dict) or tap not in outputs]
+    if missing:
+        raise ValueError(
+            f"backbone {backbone.name}: must map images to a dict of 'low', 'mid' and 'high' feature maps, not "
+            + (f"a dict without {', '.join(missing)}" if isinstance(outputs, dict) else type(outputs).__name__)
+        )
+    flat = [tap for tap in TAPS if len(outputs[tap].shape) != 4]
+    if flat:
+        raise ValueError(f"backbone {backbone.name}: tap {flat[0]!r} is not a [batch, h, w, channels] feature map")
+
+
 def split_at_tap(backbone: keras.Model, tap: str) -> tuple[keras.Model, keras.Model]:
     """``(shallow, deep)``: images -> ``tap`` features, and ``tap`` features -> ``high``, sharing ``backbone``'s layers.
 

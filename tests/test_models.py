@@ -1,5 +1,7 @@
 """Backbones, the CAM baseline's train step, save/load and a short fit."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -129,3 +131,46 @@ def test_one_imagenet_mean_wherever_the_project_chooses_one():
 
     fill = {p.name: p.default for p in METHODS["complementary"].hyperparameters}["hide_fill"]
     assert fill == IMAGENET_MEAN_RGB == Preprocess("torch").zero_point
+
+
+def tiny_backbone(size: int = 32) -> keras.Model:
+    """A user's backbone object: RGB in [0, 255] -> {"low", "mid", "high"} feature maps."""
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    low = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="b_low")(x)
+    mid = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="b_mid")(low)
+    high = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="b_high")(mid)
+    return keras.Model(inputs, {"low": low, "mid": mid, "high": high}, name="users_backbone")
+
+
+def test_a_backbone_object_trains_saves_and_localizes(tmp_path):
+    from keras_wsol import localizers
+
+    keras.utils.set_random_seed(0)
+    model = CAM(num_classes=3, backbone=tiny_backbone(), image_size=32)
+    assert model.backbone_name == "users_backbone"
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = [w.copy() for w in model.backbone.get_weights()]
+    model.train_on_batch(x, np.array([0, 1, 2, 0]))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.backbone.get_weights()))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    assert localizers.feature_layers(loaded) == ["low", "mid", "high"]
+    assert localizers.compute_scoremaps(loaded, x, "gradcam", "mid").shape == (4, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "backbone,arguments,message",
+    [
+        (lambda: keras.Sequential([keras.layers.Conv2D(4, 3)], name="flat"), {}, "dict of 'low', 'mid' and 'high'"),
+        (tiny_backbone, {"weights": "imagenet"}, "a backbone object brings its own weights"),
+        (tiny_backbone, {"input_statistics": ((1, 1, 1), (1, 1, 1))}, "normalizes its input itself"),
+        (tiny_backbone, {"keep_resolution_after": "mid"}, "reshapes its backbone (keep_resolution_after)"),
+    ],
+)
+def test_a_backbone_object_that_cannot_serve_is_refused(backbone, arguments, message):
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CAM(num_classes=2, backbone=backbone(), image_size=32, **arguments)

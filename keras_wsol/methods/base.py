@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_wsol.backbones import TAPS, build_backbone
+from keras_wsol.backbones import TAPS, build_backbone, check_backbone, pretrained
 from keras_wsol.distribute import MultiWorkerFit, multi_worker_logs, replica_mean
 from keras_wsol.maps import class_channel, predicted_where_negative, upsample_normalized
 from keras_wsol.methods.hyperparameters import HyperParameter, docstring_section
@@ -53,7 +53,13 @@ class WSOLModel(MultiWorkerFit, keras.Model):
 
     Args:
         num_classes: number of classes.
-        backbone: a name from ``keras_wsol.backbones.BACKBONES``.
+        backbone: a name from ``keras_wsol.backbones.BACKBONES``, or a
+            backbone object: a Keras model mapping ``[B, S, S, 3]`` RGB pixels
+            in [0, 255] to ``{"low", "mid", "high"}`` feature maps (it
+            normalizes its input itself and brings its own weights;
+            :func:`keras_wsol.backbones.check_backbone`). Methods that reshape
+            their backbone (CAMs2i's S2, CAM's ``keep_resolution_after``) need a
+            name.
         image_size: square input side in pixels.
         weights: backbone weights (``None``, ``"imagenet"`` or a path); not
             used again when a saved model is loaded.
@@ -87,7 +93,7 @@ class WSOLModel(MultiWorkerFit, keras.Model):
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "small",
+        backbone: str | keras.Model = "small",
         image_size: int = 96,
         weights: str | None = None,
         head_channels: int = 0,
@@ -107,7 +113,13 @@ class WSOLModel(MultiWorkerFit, keras.Model):
             raise ValueError(f"backbone_lr_multiplier={backbone_lr_multiplier}: a non-negative factor")
         self.backbone_lr_multiplier = float(backbone_lr_multiplier)
         self.num_classes = num_classes
-        self.backbone_name = backbone
+        # A backbone object is saved with the model (its config); a name is rebuilt from the name.
+        self.backbone_is_object = not isinstance(backbone, str)
+        self.backbone_name = (
+            backbone.get("config", {}).get("name", "object")
+            if isinstance(backbone, dict)
+            else (backbone if isinstance(backbone, str) else backbone.name)
+        )
         self.image_size = image_size
         self.weights_source = weights
         self.head_channels = head_channels
@@ -117,13 +129,7 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         for parameter in self.hyperparameters:
             setattr(self, parameter.name, parameter.convert(values[parameter.name]))
         self.check_hyperparameters()
-        self.backbone = build_backbone(
-            backbone,
-            (image_size, image_size, 3),
-            weights,
-            input_statistics=self.input_statistics,
-            **self.backbone_options(),
-        )
+        self.backbone = self._backbone(backbone, image_size, weights)
         self.head = (
             keras.layers.Conv2D(head_channels, 3, padding="same", activation="relu", name="cam_head")
             if head_channels
@@ -139,6 +145,27 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         # Create every variable now (one forward pass on zeros): weight loading
         # and BackupAndRestore need them before fit.
         self(ops.zeros((1, image_size, image_size, 3)))
+
+    def _backbone(self, backbone: str | keras.Model | dict, image_size: int, weights: str | None) -> keras.Model:
+        """The backbone named by ``backbone``, or ``backbone`` itself (or its saved config), checked."""
+        if isinstance(backbone, str):
+            shape = (image_size, image_size, 3)
+            return build_backbone(
+                backbone, shape, weights, input_statistics=self.input_statistics, **self.backbone_options()
+            )
+        if isinstance(backbone, dict):  # a saved model's backbone object
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if self.input_statistics is not None:
+            raise ValueError("input_statistics: a backbone object normalizes its input itself")
+        if pretrained(weights):
+            raise ValueError(f"weights={weights!r}: a backbone object brings its own weights; give weights=None")
+        if self.backbone_options():
+            raise ValueError(
+                f"{type(self).__name__} reshapes its backbone ({', '.join(self.backbone_options())}): give a backbone "
+                "name, not an object"
+            )
+        check_backbone(backbone, image_size)
+        return backbone
 
     def set_inference_settings(self, settings: dict[str, Any]) -> None:
         """Give inference-only hyper-parameters (``HyperParameter.inference_only``) of a trained model new values.
@@ -358,7 +385,9 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         return {
             **super().get_config(),
             "num_classes": self.num_classes,
-            "backbone": self.backbone_name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone)
+            if self.backbone_is_object
+            else self.backbone_name,
             "image_size": self.image_size,
             "weights": self.weights_source,
             "head_channels": self.head_channels,
