@@ -1,6 +1,6 @@
 """The protocol's largest-contour box, in TensorFlow ops only (for SavedModel export).
 
-The evaluator finds boxes with OpenCV (``evaluation.boxes_at_threshold``).
+The evaluator finds boxes with OpenCV (``contours.boxes_at_threshold``).
 An exported model must not need OpenCV or Python, so this module gets the
 same box from graph ops:
 
@@ -133,7 +133,7 @@ def largest_contour_boxes(scoremaps: tf.Tensor, threshold: float | tf.Tensor) ->
     """The protocol's single-contour box ``[B, 4]`` int32 (``x0, y0, x1, y1``) of each ``[B, H, W]`` map at a tau.
 
     ``scoremaps`` are in ``[0, 1]`` (min-max normalized); the box is in map
-    pixels, as ``evaluation.boxes_at_threshold(map, threshold)`` gives it.
+    pixels, as ``contours.boxes_at_threshold(map, threshold)`` gives it.
     """
     scoremaps = tf.convert_to_tensor(scoremaps, tf.float32)
     shape = tf.shape(scoremaps)

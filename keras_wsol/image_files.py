@@ -4,7 +4,7 @@ Each file (JPEG, PNG, GIF or BMP; any size; grayscale, RGBA and palette
 images become RGB) is resized to the model's input side, the localizer's map
 is computed for the top-1 class, upsampled bilinearly to the file's own size
 and min-max normalized, and the box is the protocol's largest-contour box at
-``threshold`` (:func:`keras_wsol.evaluation.boxes_at_threshold`) in the
+``threshold`` (:func:`keras_wsol.contours.boxes_at_threshold`) in the
 file's pixels.
 
 Example:
@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_wsol import visualize
+from keras_wsol.contours import boxes_at_threshold
 from keras_wsol.data.pipeline import read_image
-from keras_wsol.evaluation import boxes_at_threshold
 from keras_wsol.localization import model_side
 from keras_wsol.localizers import Localizer
 from keras_wsol.maps import upsample_normalized

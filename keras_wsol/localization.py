@@ -4,7 +4,7 @@ Each image (a numpy array or tensor ``[H, W, 3]`` of any size, or a batch
 ``[B, H, W, 3]``) is resized to the model's square input, the localizer's
 map is computed for the predicted class (or the class asked for), upsampled
 bilinearly to the image's own size and min-max normalized; the boxes are the
-protocol's (:func:`keras_wsol.evaluation.boxes_at_threshold`): every
+protocol's (:func:`keras_wsol.contours.boxes_at_threshold`): every
 contour's box and the largest contour's, in the image's pixels
 (``x0, y0, x1, y1`` as the protocol writes them: ``x0 + w`` and ``y0 + h`` of
 the contour's bounding rectangle, clipped to the last pixel).
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from keras_wsol.evaluation import boxes_at_threshold, scoremap_to_uint8
+from keras_wsol.contours import boxes_at_threshold, scoremap_to_uint8
 from keras_wsol.localizers import cached_localizer
 from keras_wsol.maps import upsample_normalized
 

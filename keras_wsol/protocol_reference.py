@@ -17,7 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from keras_wsol.evaluation import box_iou, threshold_list
+from keras_wsol.contours import box_iou
+from keras_wsol.evaluation import threshold_list
 
 
 def boxes_at_tau(scoremap: np.ndarray, tau: float, multi_contour: bool) -> list[list[int]]:

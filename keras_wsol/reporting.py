@@ -17,7 +17,7 @@ import sys
 import cv2
 import numpy as np
 
-from keras_wsol import evaluation, localizers, visualize
+from keras_wsol import contours, evaluation, localizers, visualize
 from keras_wsol import faithfulness as rise
 from keras_wsol.atomic import write_json
 from keras_wsol.data import pipeline
@@ -247,8 +247,8 @@ def write_pictures(
     )
     tau = result["MaxBoxAcc_threshold"]
     r = run.resize_length
-    boxes = [evaluation.boxes_at_threshold(m, tau) for m in maps]
-    ious = np.array([evaluation.box_iou(b, g).max() for b, g in zip(boxes, run.gt_boxes)])
+    boxes = [contours.boxes_at_threshold(m, tau) for m in maps]
+    ious = np.array([contours.box_iou(b, g).max() for b, g in zip(boxes, run.gt_boxes)])
     order = np.argsort(-ious, kind="stable")
     picks = np.concatenate([order[: count // 2], order[::-1][: count - count // 2]])
     shown = pipeline.first_images(run.split, len(maps), image_size).astype(np.uint8)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from keras_wsol import contours, protocol_reference
 from keras_wsol import evaluation as E
-from keras_wsol import protocol_reference
 
 
 def ring(size=32):
@@ -15,11 +15,11 @@ def ring(size=32):
 
 
 def test_ring_yields_hole_box_in_multi_contour_mode():
-    boxes = E.boxes_at_threshold(ring(), 0.5, multi_contour=True).tolist()
+    boxes = contours.boxes_at_threshold(ring(), 0.5, multi_contour=True).tolist()
     assert [8, 8, 24, 24] in boxes  # outer box, one pixel wider than the last pixel
     # The hole's contour runs on the foreground pixels around it (11..20).
     assert sorted(boxes) == [[8, 8, 24, 24], [11, 11, 21, 21]]
-    assert E.boxes_at_threshold(ring(), 0.5).tolist() == [[8, 8, 24, 24]]
+    assert contours.boxes_at_threshold(ring(), 0.5).tolist() == [[8, 8, 24, 24]]
     assert protocol_reference.boxes_at_tau(ring(), 0.5, True) == boxes
 
 
@@ -29,26 +29,30 @@ def test_single_contour_takes_largest_area_first_on_ties_and_single_pixel_has_ze
     m[10:13, 3:6] = 1.0  # 3x3: polygon area 4
     m[10:13, 13:16] = 1.0  # same area
     expected = protocol_reference.boxes_at_tau(m, 0.5, False)
-    assert E.boxes_at_threshold(m, 0.5).tolist() == expected
+    assert contours.boxes_at_threshold(m, 0.5).tolist() == expected
     assert expected[0][1] == 10  # one of the squares, never the single pixel
     only_pixels = np.zeros((20, 20), np.float32)
     only_pixels[3, 3] = only_pixels[9, 9] = 1.0
-    assert E.boxes_at_threshold(only_pixels, 0.5).tolist() == protocol_reference.boxes_at_tau(only_pixels, 0.5, False)
+    assert contours.boxes_at_threshold(only_pixels, 0.5).tolist() == protocol_reference.boxes_at_tau(
+        only_pixels, 0.5, False
+    )
 
 
 def test_tau_zero_keeps_every_positive_pixel_and_strict_threshold():
     m = np.zeros((16, 16), np.float32)
     m[4:8, 4:8] = 1 / 255 + 1e-6  # u = 1 > T = 0
     m[10, 10] = 1.0
-    assert E.boxes_at_threshold(m, 0.0, multi_contour=True).tolist() == protocol_reference.boxes_at_tau(m, 0.0, True)
-    assert len(E.boxes_at_threshold(m, 0.0, multi_contour=True)) == 2
+    assert contours.boxes_at_threshold(m, 0.0, multi_contour=True).tolist() == protocol_reference.boxes_at_tau(
+        m, 0.0, True
+    )
+    assert len(contours.boxes_at_threshold(m, 0.0, multi_contour=True)) == 2
     # u == T is background: tau * 255 = 1 with u = 1 keeps only the peak.
-    assert E.boxes_at_threshold(m, 1 / 255 + 1e-9, multi_contour=True).tolist() == [[10, 10, 11, 11]]
+    assert contours.boxes_at_threshold(m, 1 / 255 + 1e-9, multi_contour=True).tolist() == [[10, 10, 11, 11]]
 
 
 def test_no_contour_gives_zero_box_and_constant_map_normalizes_to_zero():
     zero = np.zeros((8, 8), np.float32)
-    assert E.boxes_at_threshold(zero, 0.3).tolist() == [[0, 0, 0, 0]]
+    assert contours.boxes_at_threshold(zero, 0.3).tolist() == [[0, 0, 0, 0]]
     assert not E.normalize_scoremap(np.full((4, 4), 3.0)).any()
     nan = np.ones((4, 4))
     nan[0, 0] = np.nan
@@ -59,9 +63,9 @@ def test_no_contour_gives_zero_box_and_constant_map_normalizes_to_zero():
 def test_gt_box_truncation_and_degenerate_iou():
     assert E.resize_box((99, 49, 199, 99), (200, 100), 224) == (110, 109, 222, 221)
     assert E.resize_box((0.9, 0, 1.99, 1), (224, 224), 224) == (0, 0, 1, 1)
-    iou = E.box_iou(np.array([[0, 0, 0, 0], [5, 5, 4, 4]]), np.array([[0, 0, 0, 0], [10, 10, 9, 9]]))
+    iou = contours.box_iou(np.array([[0, 0, 0, 0], [5, 5, 4, 4]]), np.array([[0, 0, 0, 0], [10, 10, 9, 9]]))
     assert iou[0, 0] == 1.0 and iou[1, 1] == 0.0 and iou[0, 1] == 0.0
-    assert E.box_iou(np.array([[0, 0, 9, 9]]), np.array([[5, 0, 14, 9]]))[0, 0] == pytest.approx(50 / 150)
+    assert contours.box_iou(np.array([[0, 0, 9, 9]]), np.array([[5, 0, 14, 9]]))[0, 0] == pytest.approx(50 / 150)
 
 
 def test_pxap_perfect_and_constant_maps():

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from helpers import POLICIES, precision_policy
 
-from keras_wsol import evaluation, export, localizers
+from keras_wsol import contours, evaluation, export, localizers
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.graph_boxes import largest_contour_boxes
 from keras_wsol.maps import upsample_normalized
@@ -49,7 +49,7 @@ def test_graph_boxes_equal_opencv_largest_contour():
     cases.append(np.zeros((2, 8, 8), np.float32))  # no contour anywhere in the batch
     for maps in cases:
         for tau in (0.0, 0.3, 0.5, 0.8):
-            expected = np.stack([evaluation.boxes_at_threshold(m, tau)[0] for m in maps])
+            expected = np.stack([contours.boxes_at_threshold(m, tau)[0] for m in maps])
             np.testing.assert_array_equal(largest_contour_boxes(maps, tau).numpy(), expected, err_msg=f"tau {tau}")
 
 
@@ -79,7 +79,7 @@ def expected_outputs(model, threshold, images, map_size=None):
     logits, raw = model.logits_and_class_maps(resized)
     boxes = []
     for m, image in zip(np.asarray(upsample_normalized(raw, (SIDE, SIDE))), images):
-        x0, y0, x1, y1 = evaluation.boxes_at_threshold(m, threshold)[0]
+        x0, y0, x1, y1 = contours.boxes_at_threshold(m, threshold)[0]
         h, w = image.shape[:2]
         boxes.append([int(x0 * w / SIDE), int(y0 * h / SIDE), int(x1 * w / SIDE), int(y1 * h / SIDE)])
     return {

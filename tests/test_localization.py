@@ -6,7 +6,7 @@ import pytest
 
 import keras_wsol
 from keras_wsol import localizers
-from keras_wsol.evaluation import boxes_at_threshold
+from keras_wsol.contours import boxes_at_threshold
 from keras_wsol.localization import otsu_threshold, resolve_threshold
 
 
