@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_wsol import localizers
+from keras_wsol import localizers, model_protocol
 from keras_wsol.methods import CAM
 
 B, S, K = 2, 4, 2  # batch, feature side, classes
@@ -139,7 +139,7 @@ def test_keras_applications_classifier_by_layer_name():
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(64, 64, 3), weights=None, classes=3, classifier_activation=None)
     x = np.random.default_rng(2).uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
-    assert localizers.default_layer(model) == "out_relu"
+    assert model_protocol.default_layer(model) == "out_relu"
     for method in localizers.LOCALIZERS:
         maps = localizers.compute_scoremaps(model, x, method, layer="block_13_expand_relu", batch_size=2)
         assert maps.shape == (3, 64, 64) and np.isfinite(maps).all()
@@ -147,7 +147,7 @@ def test_keras_applications_classifier_by_layer_name():
     # Guided backprop reaches the ReLU6 layers of the application and is undone afterwards.
     unguided = localizers.compute_scoremaps(model, x, "bagcams", "block_13_expand_relu", guided=False)
     assert not np.allclose(unguided, localizers.compute_scoremaps(model, x, "bagcams", "block_13_expand_relu"))
-    assert all("call" not in op.__dict__ for op in localizers._all_operations(model))
+    assert all("call" not in op.__dict__ for op in model_protocol.all_operations(model))
     # Its default softmax head: the localizers take the logits before it, on the same weights.
     softmax = keras.applications.MobileNetV2(input_shape=(64, 64, 3), weights=None, classes=3)
     softmax.set_weights(model.get_weights())
@@ -173,7 +173,7 @@ def test_wsol_model_taps_match_the_layers_behind_them():
         np.asarray(model.localization_maps(x, [2, 1])),
         atol=1e-5,
     )
-    assert localizers.feature_layers(model) == ["low", "mid", "high"]
+    assert model_protocol.feature_layers(model) == ["low", "mid", "high"]
     with pytest.raises(ValueError, match="classifier's input only"):
         localizers.get_localizer(model, "cam", "low")
     with pytest.raises(ValueError, match="no layer named 'nope'.*low, mid, high"):
@@ -403,7 +403,12 @@ def test_token_layers_of_a_vit_give_gradcam_on_their_patch_grid_as_numpy_does():
         model, "gradcam", "block1", reshape=lambda t: keras.ops.reshape(t[:, 1:], (-1, 4, 4, 8))
     )
     np.testing.assert_allclose(np.asarray(own.raw_maps(x, ids)[0]), expected["gradcam"], rtol=1e-3, atol=1e-6)
-    assert tuple(localizers.token_grid(tf.zeros((1, 1 + 4 + 9, 2))).shape) == (1, 3, 3, 2)  # class token + 4 registers
+    assert tuple(model_protocol.token_grid(tf.zeros((1, 1 + 4 + 9, 2))).shape) == (
+        1,
+        3,
+        3,
+        2,
+    )  # class token + 4 registers
 
 
 def test_a_tapped_classifier_gives_the_maps_of_its_layers_and_names_them_for_sweeps():
@@ -414,7 +419,9 @@ def test_a_tapped_classifier_gives_the_maps_of_its_layers_and_names_them_for_swe
     model, x, ids = tiny_model(), images(), np.array([0, 1])
     tapped = TappedClassifier(model, {"mid": "feat", "high": "top"})
     assert isinstance(tapped, LocalizableModel) and not isinstance(model, LocalizableModel)
-    assert localizers.feature_layers(tapped) == ["mid", "high"] and localizers.classifier_layer(tapped) == "high"
+    assert (
+        model_protocol.feature_layers(tapped) == ["mid", "high"] and model_protocol.classifier_layer(tapped) == "high"
+    )
     np.testing.assert_allclose(np.asarray(tapped(x)), np.asarray(model(x)), atol=1e-6)
     for name in localizers.LOCALIZERS:
         for tap, layer in (("mid", "feat"), ("high", "top")):
@@ -440,5 +447,5 @@ def test_the_cam_rule_lives_in_supports():
     assert [layer for layer in ("low", "mid", "high", "cam") if cam.supports(without, layer)] == ["high", "cam"]
     assert all(localizers.LOCALIZERS["gradcam"].supports(with_head, layer) for layer in ("low", "mid", "cam"))
     assert cam.supports(tiny_model(), "feat")  # a model that names no classifier input: the gradient form anywhere
-    assert localizers.feature_layers(with_head) == ["low", "mid", "high", "cam"]
-    assert localizers.feature_layers(without) == ["low", "mid", "high"]
+    assert model_protocol.feature_layers(with_head) == ["low", "mid", "high", "cam"]
+    assert model_protocol.feature_layers(without) == ["low", "mid", "high"]

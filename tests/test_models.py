@@ -144,7 +144,7 @@ def tiny_backbone(size: int = 32) -> keras.Model:
 
 
 def test_a_backbone_object_trains_saves_and_localizes(tmp_path):
-    from keras_wsol import localizers
+    from keras_wsol import localizers, model_protocol
 
     keras.utils.set_random_seed(0)
     model = CAM(num_classes=3, backbone=tiny_backbone(), image_size=32)
@@ -157,7 +157,7 @@ def test_a_backbone_object_trains_saves_and_localizes(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
-    assert localizers.feature_layers(loaded) == ["low", "mid", "high"]
+    assert model_protocol.feature_layers(loaded) == ["low", "mid", "high"]
     assert localizers.compute_scoremaps(loaded, x, "gradcam", "mid").shape == (4, 32, 32)
 
 

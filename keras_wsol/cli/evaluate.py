@@ -442,16 +442,16 @@ def export_savedmodel() -> None:
 
 def sweep() -> None:
     """``--localizer=all`` or ``--layer=all``: every localizer at every layer, one table (BagCAMs Tables 4-6)."""
-    from keras_wsol import localizers, reporting
+    from keras_wsol import model_protocol, reporting
 
     model, _, base = trained_model()
     split = checked_split(model)
     names = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
     try:
         layers = (
-            localizers.feature_layers(model)
+            model_protocol.feature_layers(model)
             if FLAGS.layer == "all"
-            else [FLAGS.layer or localizers.classifier_layer(model)]
+            else [FLAGS.layer or model_protocol.classifier_layer(model)]
         )
         results = reporting.sweep_localizers(
             model, split, names, layers, wsol_settings.protocol(), progress=True,
