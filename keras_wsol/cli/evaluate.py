@@ -21,7 +21,7 @@ from keras_wsol import evaluation
 from keras_wsol.atomic import write_json
 from keras_wsol.choices import DEFAULT_BOX_THRESHOLD, LOCALIZER_NAMES
 from keras_wsol.cli import flags as wsol_flags
-from keras_wsol.cli import parsing
+from keras_wsol.cli import parsing, workdirs
 from keras_wsol.cli import settings as wsol_settings
 from keras_wsol.data import factory
 
@@ -182,8 +182,8 @@ def localize_images() -> None:
     else:
         if not (FLAGS.workdir or FLAGS.checkpoint):
             raise app.UsageError("--images needs --imagenet=NETWORK, --workdir or --checkpoint")
-        model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
-        names = run_class_names(FLAGS.workdir or checkpoint_workdir(checkpoint), model.num_classes)
+        model, checkpoint = load_model(FLAGS.checkpoint or workdirs.best_checkpoint(FLAGS.workdir))
+        names = workdirs.run_class_names(FLAGS.workdir or workdirs.checkpoint_workdir(checkpoint), model.num_classes)
         out = FLAGS.output_dir or os.path.join(FLAGS.workdir or os.path.dirname(checkpoint), "images")
     try:
         localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **localizer_options())
@@ -226,60 +226,6 @@ def settings_suffix() -> str:
     return "".join(f"_{item.replace('=', '-')}" for item in FLAGS.inference_setting)
 
 
-def best_checkpoint(workdir: str) -> str:
-    """The checkpoint train.py keeps as a workdir's best (by --select_checkpoint)."""
-    return os.path.join(workdir, "checkpoints", "best.keras")
-
-
-def checkpoint_workdir(checkpoint: str | None) -> str | None:
-    """The train.py workdir holding ``checkpoint`` (``WORKDIR/checkpoints/x.keras`` with WORKDIR/flags.txt), or None."""
-    if not checkpoint:
-        return None
-    folder = os.path.dirname(os.path.abspath(checkpoint))
-    workdir = os.path.dirname(folder)
-    is_run = os.path.basename(folder) == "checkpoints" and os.path.isfile(os.path.join(workdir, "flags.txt"))
-    return workdir if is_run else None
-
-
-def run_data_flags(workdir: str) -> dict[str, str]:
-    """The dataset flags a train.py workdir was trained with, from its flags.txt (only the given ones)."""
-    flagfile = os.path.join(workdir, "flags.txt")
-    if not os.path.isfile(flagfile):
-        raise app.UsageError(f"--workdir={workdir}: no flags.txt; is it a train.py workdir?")
-    values = {}
-    for arg in FLAGS.read_flags_from_files([f"--flagfile={flagfile}"], force_gnu=False):
-        name, _, value = arg[2:].partition("=")
-        if name in wsol_flags.DATA_FLAGS:
-            values[name] = value
-    return values
-
-
-def run_class_names(workdir: str | None, num_classes: int) -> list[str] | None:
-    """The class names of a run's metadata folder (``class_names.txt``, which convert.py writes), or None.
-
-    A file whose line count is not the model's class count is refused: the
-    names would be shifted.
-    """
-    root = run_data_flags(workdir).get("metadata_root") if workdir else None
-    path = os.path.join(root, "class_names.txt") if root else None
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8-sig") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(names) != num_classes:
-        raise app.UsageError(f"{path}: {len(names)} names for a model of {num_classes} classes")
-    return names
-
-
-def run_data(workdir: str) -> dict:
-    """Every dataset flag's value in a workdir's run (its flags.txt, defaults for the flags it did not give)."""
-    given = run_data_flags(workdir)
-    return {
-        name: FLAGS[name].parser.parse(given[name]) if name in given else FLAGS[name].default
-        for name in wsol_flags.DATA_FLAGS
-    }
-
-
 def compare_curves(model, split, out: str) -> None:
     """``--compare_workdirs``: BoxAcc-versus-threshold curves of this model and the others, one plot."""
     import keras
@@ -288,16 +234,16 @@ def compare_curves(model, split, out: str) -> None:
 
     if not FLAGS.workdir:
         raise app.UsageError("--compare_workdirs needs --workdir (the runs' flags.txt must show the same data)")
-    mine = run_data(FLAGS.workdir)
+    mine = workdirs.run_data(FLAGS.workdir)
     models = {os.path.basename(os.path.normpath(FLAGS.workdir)): model}
     for workdir in FLAGS.compare_workdirs:
-        theirs = run_data(workdir)
+        theirs = workdirs.run_data(workdir)
         differ = [
             f"--{k}={theirs.get(k)} (here {mine.get(k)})" for k in wsol_flags.DATA_FLAGS if theirs.get(k) != mine.get(k)
         ]
         if differ:
             raise app.UsageError(f"--compare_workdirs: {workdir} was trained on other data: {', '.join(differ)}")
-        checkpoint = best_checkpoint(workdir)
+        checkpoint = workdirs.best_checkpoint(workdir)
         if not os.path.isfile(checkpoint):
             raise app.UsageError(f"--compare_workdirs: no checkpoint at {checkpoint}")
         # Runs are named by their folder; the whole path where two folders share a name.
@@ -393,11 +339,11 @@ def localizer_options() -> dict:
 
 def trained_model(reads_data: bool = True):
     """``(model, checkpoint, output base)`` of --workdir or --checkpoint; the data flags replayed from its run."""
-    data_from = FLAGS.workdir or checkpoint_workdir(FLAGS.checkpoint)
+    data_from = FLAGS.workdir or workdirs.checkpoint_workdir(FLAGS.checkpoint)
     if data_from:
         # The dataset flags of the training run, unless given on this command line; a --dataset given here
         # takes none of the run's flags that only its other source reads.
-        replayed = run_data_flags(data_from)
+        replayed = workdirs.run_data_flags(data_from)
         if not FLAGS["dataset"].present and "dataset" in replayed:
             FLAGS["dataset"].parse(replayed["dataset"])
         for name, value in replayed.items():
@@ -409,7 +355,7 @@ def trained_model(reads_data: bool = True):
             f"--checkpoint={FLAGS.checkpoint} is not in a train.py workdir: give the data it is to be scored on "
             "(--dataset and its flags, e.g. --dataset=synthetic --image_size=96), or --workdir"
         )
-    model, checkpoint = load_model(FLAGS.checkpoint or best_checkpoint(FLAGS.workdir))
+    model, checkpoint = load_model(FLAGS.checkpoint or workdirs.best_checkpoint(FLAGS.workdir))
     return model, checkpoint, FLAGS.workdir or os.path.dirname(checkpoint)
 
 

@@ -12,7 +12,6 @@ only evaluates, or does nothing for a finished run); --overwrite trains anew.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import sys
@@ -23,14 +22,13 @@ from absl import app, logging
 
 import keras_wsol.methods  # noqa: F401  (registers the classes a checkpoint names)
 from keras_wsol import distribute, evaluation, optimizers, reporting
-from keras_wsol.atomic import write_json, write_text
 from keras_wsol.backbones import DATASET_NORMALIZED, pretrained
 from keras_wsol.callbacks import AtomicCheckpoint, CAMOverlayLogger, StopOnNonFiniteLoss, ValidationLocalization
 from keras_wsol.cli import flags as wsol_flags
-from keras_wsol.cli import parsing
+from keras_wsol.cli import parsing, workdirs
 from keras_wsol.cli import settings as wsol_settings
-from keras_wsol.data import factory, pipeline, synthetic
-from keras_wsol.data.splits import content_digest, fingerprint
+from keras_wsol.data import pipeline, synthetic
+from keras_wsol.data.splits import fingerprint
 from keras_wsol.layers import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from keras_wsol.methods import get_method
 from keras_wsol.methods.hyperparameters import flag_name
@@ -102,95 +100,6 @@ def backbone_lr_multiplier() -> float:
     if FLAGS.backbone_lr_multiplier is not None:
         return FLAGS.backbone_lr_multiplier
     return 0.1 if pretrained(FLAGS.weights) else 1.0
-
-
-def write_flagfile(path: str) -> None:
-    """Save the flags given on this run's command line, so ``--flagfile`` repeats the same command.
-
-    Only the given flags: the others keep their defaults on a repeat, and
-    a method's own defaults for the optimizer flags (``optimizer_settings``)
-    apply again instead of being pinned to the flags' generic defaults. The
-    model's hyper-parameters, defaults included, are in the checkpoint's
-    config.
-    """
-    lines = [
-        f.serialize()
-        for module in (sys.argv[0], wsol_flags.__name__)
-        for f in FLAGS.get_flags_for_module(module)
-        if f.present
-    ]
-    write_text(path, "\n".join(sorted(set(lines))) + "\n")
-
-
-#: Flags that, with the data flags and the method's own, make a workdir's run that run.
-IDENTITY_FLAGS = ("method", "backbone", "image_size", "head_channels", "weights", "input_normalization")
-#: What a run writes in its workdir; --overwrite removes exactly these.
-RUN_FILES = ("run.json", "flags.txt", "backup", "checkpoints", "log.csv", "tensorboard", "eval_test")
-
-
-def run_identity(data: dict) -> dict[str, str]:
-    """The run's data, method and architecture: each identity flag's value (defaults included), by name, and a
-    digest of each split's contents (``"<split> split contents"``), so that data rewritten at the same paths is not
-    taken for the data a checkpoint was trained on."""
-    names = [*wsol_flags.DATA_FLAGS, *IDENTITY_FLAGS]
-    names += [name for p in get_method(FLAGS.method).hyperparameters if (name := flag_name(FLAGS.method, p))]
-    own_source = lambda name: FLAGS.dataset in factory.SOURCE_FIELDS.get(name, (FLAGS.dataset,))  # noqa: E731
-    identity = {name: str(FLAGS[name].value) for name in sorted(set(names)) if name in FLAGS and own_source(name)}
-    return identity | {f"{name} split contents": content_digest(split) for name, split in data.items()}
-
-
-def previous_run(workdir: str, identity: dict[str, str]) -> str | None:
-    """The state of the run already in ``workdir`` (``training``, ``trained``, ``evaluated``), None for none.
-
-    Refuses a workdir whose run has another identity, naming the flags
-    that differ, or one holding a run without its record.
-    """
-    record = os.path.join(workdir, "run.json")
-    if not os.path.isfile(record):
-        if any(os.path.exists(os.path.join(workdir, name)) for name in ("backup", "checkpoints")):
-            raise app.UsageError(
-                f"--workdir={workdir} holds checkpoints without a run.json, so this command cannot tell whether "
-                "they are its own run: pass --overwrite to replace them, or another --workdir"
-            )
-        return None
-    with open(record) as f:
-        previous = json.load(f)
-    theirs = previous["identity"]
-    differ = [
-        f"{name if ' ' in name else '--' + name}: {theirs.get(name, '(not set)')} there, "
-        f"{identity.get(name, '(not set)')} here"
-        for name in sorted(set(theirs) | set(identity))
-        if theirs.get(name) != identity.get(name)
-    ]
-    if differ:
-        raise app.UsageError(
-            f"--workdir={workdir} holds a run of other data or another model ("
-            + "; ".join(differ)
-            + "): pass --overwrite to replace it, or another --workdir"
-        )
-    finished = previous["state"] in ("trained", "evaluated")
-    if finished and previous.get("epochs", FLAGS.epochs) != FLAGS.epochs:
-        raise app.UsageError(
-            f"--epochs={FLAGS.epochs}: --workdir={workdir} holds this run finished after {previous['epochs']} epochs, "
-            "and a finished run is not trained further (its schedule ended): pass --overwrite to train "
-            f"{FLAGS.epochs} epochs anew, or another --workdir"
-        )
-    return previous["state"]
-
-
-def mark_run(workdir: str, identity: dict[str, str], state: str) -> None:
-    """Record the run's identity and state in ``workdir/run.json`` (atomically)."""
-    write_json({"identity": identity, "state": state, "epochs": FLAGS.epochs}, os.path.join(workdir, "run.json"))
-
-
-def remove_run(workdir: str) -> None:
-    """--overwrite: delete what a run wrote in ``workdir`` (nothing else)."""
-    for name in RUN_FILES:
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
 
 
 def dataset_statistics(split):
@@ -316,14 +225,14 @@ class TrainingRun:
         self.workdir = FLAGS.workdir if self.chief else os.path.join(FLAGS.workdir, f".worker{distribute.worker_id()}")
         self.data = {split: wsol_settings.load_split(split) for split in synthetic.SPLITS}
         wsol_settings.check_data(self.data)  # before anything is written or trained
-        self.identity = run_identity(self.data)
+        self.identity = workdirs.run_identity(self.data)
         self.model = None
 
     def execute(self) -> None:
         """Train (or resume, or only evaluate, or do nothing for a finished run), then evaluate the best epoch."""
         if FLAGS.overwrite and self.chief:
-            remove_run(FLAGS.workdir)
-        state = previous_run(FLAGS.workdir, self.identity)
+            workdirs.remove_run(FLAGS.workdir)
+        state = workdirs.previous_run(FLAGS.workdir, self.identity)
         if state == "evaluated" or (state == "trained" and not FLAGS.evaluate):
             done = "trained and evaluated" if FLAGS.evaluate else "trained"
             print(
@@ -342,14 +251,14 @@ class TrainingRun:
         # Written once the model is built and compiled: a command that fails before leaves nothing behind.
         os.makedirs(self.workdir, exist_ok=True)
         if self.chief:
-            write_flagfile(os.path.join(self.workdir, "flags.txt"))
+            workdirs.write_flagfile(os.path.join(self.workdir, "flags.txt"))
             if state is None:
-                mark_run(FLAGS.workdir, self.identity, "training")
+                workdirs.mark_run(FLAGS.workdir, self.identity, "training")
         self.fit(callbacks)
         if not self.chief:
             shutil.rmtree(self.workdir, ignore_errors=True)
             return
-        mark_run(FLAGS.workdir, self.identity, "trained")
+        workdirs.mark_run(FLAGS.workdir, self.identity, "trained")
         if FLAGS.evaluate:
             evaluate_test(self.data["test"], self.identity)
 
@@ -442,7 +351,7 @@ def evaluate_test(test, identity: dict[str, str]) -> None:
     print(f"\nTest split ({len(test)} images), {FLAGS.method} / {FLAGS.backbone}:")
     print(evaluation.format_table(results))
     print(f"\nmetrics and pictures: {out}")
-    mark_run(FLAGS.workdir, identity, "evaluated")
+    workdirs.mark_run(FLAGS.workdir, identity, "evaluated")
 
 
 def run(argv: list[str] | None = None) -> None:
