@@ -12,13 +12,18 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-# The ImageNet pixel statistics this project uses wherever it chooses them (the hide fill of a stream, the small
-# backbone's fallback): torchvision's (RGB mean and std of [0, 1] pixels), scaled to [0, 255].
-IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # keras.applications' "caffe" preprocessing (RGB -> BGR, this mean subtracted): fixed by the VGG16 and ResNet50
-# weights, which were trained with it; another estimate of the same mean, not a choice of ours.
+# weights, which were trained with it.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# torchvision's ImageNet normalization (RGB mean and std of [0, 1] pixels, scaled to [0, 255]): fixed by the
+# PyTorch weights that use it (EfficientNet-Lite0's, the "torch" mode).
+TORCHVISION_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+TORCHVISION_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# The ImageNet pixel statistics this project uses wherever it chooses them (the complementary method's hide fill
+# without dataset statistics, the small backbone's fallback for a stream): the mean is caffe's (the one the
+# VGG16 and ResNet50 weights carry, in RGB), the std torchvision's (caffe has none).
+IMAGENET_MEAN_RGB = tuple(reversed(CAFFE_MEAN_BGR))
+IMAGENET_STD_RGB = TORCHVISION_STD_RGB
 
 
 @keras.saving.register_keras_serializable(package="keras_wsol")
@@ -61,10 +66,10 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "unit":
             return (0.0, 0.0, 0.0)
         if self.mode == "torch":
-            return IMAGENET_MEAN_RGB
+            return TORCHVISION_MEAN_RGB
         if self.mode == "standardize":
             return self.mean
-        return tuple(reversed(CAFFE_MEAN_BGR))
+        return IMAGENET_MEAN_RGB
 
     def call(self, images):
         images = ops.cast(images, self.compute_dtype)
@@ -73,7 +78,7 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "unit":
             return images / 255.0
         if self.mode in ("torch", "standardize"):
-            statistics = (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB) if self.mode == "torch" else (self.mean, self.std)
+            statistics = (TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB) if self.mode == "torch" else (self.mean, self.std)
             mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in statistics)
             return (images - mean) / std
         return images[..., ::-1] - ops.convert_to_tensor(CAFFE_MEAN_BGR, self.compute_dtype)

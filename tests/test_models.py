@@ -125,12 +125,12 @@ def test_masked_pixels_equal_the_dataset_mean_after_preprocessing():
 
 
 def test_one_imagenet_mean_wherever_the_project_chooses_one():
-    """The hide fill's default (a stream's statistics are unknown) and the torch-mode zero point are one constant."""
+    """The hide fill's default (a stream's statistics are unknown) and the caffe-mode zero point are one constant."""
     from keras_wsol.layers import IMAGENET_MEAN_RGB, Preprocess
     from keras_wsol.methods import METHODS
 
     fill = {p.name: p.default for p in METHODS["complementary"].hyperparameters}["hide_fill"]
-    assert fill == IMAGENET_MEAN_RGB == Preprocess("torch").zero_point
+    assert fill == IMAGENET_MEAN_RGB == Preprocess("caffe").zero_point
 
 
 def tiny_backbone(size: int = 32) -> keras.Model:

@@ -196,9 +196,12 @@ class Complementary(WSOLModel):
 
     @classmethod
     def variants(cls, deterministic: bool = False, **arguments) -> dict:
-        # Deterministic: every patch hidden in X (X~ whole), so no mask is drawn at random.
-        extra = {"hide_prob": 1.0, "patch_sizes": (8,)} if deterministic else {}
-        return {cls.method_name: lambda: cls(**{**arguments, **extra})}
+        def make() -> Complementary:
+            model = cls(**arguments)
+            model.fixed_training_pairs = deterministic
+            return model
+
+        return {cls.method_name: make}
 
     def create_method_state(self) -> None:
         width = self.head_channels or int(self.backbone.output["high"].shape[-1])
@@ -234,6 +237,10 @@ class Complementary(WSOLModel):
         """``patch_sizes`` scaled to ``image_size`` when images are smaller than 224."""
         scale = min(1.0, self.image_size / 224.0)
         return tuple(max(1, round(p * scale)) for p in self.patch_sizes)
+
+    #: Train on the fixed checkerboard pair instead of random hide-and-seek draws (``variants(deterministic=True)``:
+    #: no mask drawn at random, and X is not a constant image whose ties make devices disagree).
+    fixed_training_pairs = False
 
     def complementary_pair(self, images, fixed: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """``(X, X~, mask)``: hidden pixels set to ``hide_fill``; ``mask`` is 1 where ``X`` shows the image.
@@ -318,7 +325,9 @@ class Complementary(WSOLModel):
     # -- training ------------------------------------------------------------
     def compute_losses(self, images, labels, training=True) -> tuple[tf.Tensor, dict, tf.Tensor]:
         """``(total, parts, logits_x)`` of Eq. 15 on a fresh complementary pair of ``images``."""
-        (logits_x, cams_x), (logits_xt, cams_xt) = self.branches(images, training=training)
+        (logits_x, cams_x), (logits_xt, cams_xt) = self.branches(
+            images, training=training, fixed=self.fixed_training_pairs
+        )
         maps_x, maps_xt = class_channel(cams_x, labels), class_channel(cams_xt, labels)
         parts = {
             "ce_complement": self.classification_loss(labels, logits_xt),
