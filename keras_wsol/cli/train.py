@@ -330,6 +330,7 @@ class TrainingRun:
                 callbacks=callbacks,
                 verbose="auto" if sys.stdout.isatty() else 2,  # a progress bar in a terminal, a line an epoch in logs
                 steps_per_epoch=self.steps_per_epoch if self.model.uses_class_sets else None,  # class sets never end
+                shuffle=False,  # the dataset shuffles itself; Keras would warn that it ignores shuffle=True
             )
         except FloatingPointError as error:
             sys.exit(f"train.py: {error}")
