@@ -11,6 +11,7 @@ one function each: :func:`evaluate` (the default: one localizer on a split),
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Callable
 
@@ -337,6 +338,15 @@ def localizer_options() -> dict:
     return options
 
 
+@contextlib.contextmanager
+def localizer_errors():
+    """A ``ValueError`` inside (a localizer the model cannot have) as a usage error naming --localizer and --layer."""
+    try:
+        yield
+    except ValueError as error:
+        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
+
+
 def trained_model(reads_data: bool = True):
     """``(model, checkpoint, output base)`` of --workdir or --checkpoint; the data flags replayed from its run."""
     data_from = FLAGS.workdir or workdirs.checkpoint_workdir(FLAGS.checkpoint)
@@ -379,11 +389,9 @@ def export_savedmodel() -> None:
     if "all" in (FLAGS.localizer, FLAGS.layer):
         raise app.UsageError("--export bakes one localizer into the model: --localizer and --layer cannot be all")
     model, checkpoint, base = trained_model(reads_data=FLAGS.box_threshold is None)  # a given tau reads no data
-    try:
+    with localizer_errors():
         localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **localizer_options())
         export_checkpoint(model, localizer, checkpoint, base)
-    except ValueError as error:
-        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
 
 
 def sweep() -> None:
@@ -393,7 +401,7 @@ def sweep() -> None:
     model, _, base = trained_model()
     split = checked_split(model)
     names = list(LOCALIZER_NAMES) if FLAGS.localizer == "all" else [FLAGS.localizer]
-    try:
+    with localizer_errors():
         layers = (
             model_protocol.feature_layers(model)
             if FLAGS.layer == "all"
@@ -403,8 +411,6 @@ def sweep() -> None:
             model, split, names, layers, wsol_settings.protocol(), progress=True,
             faithfulness_settings=faithfulness_settings(), **localizer_options(),
         )  # fmt: skip
-    except ValueError as error:
-        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
     out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}_localizers{settings_suffix()}")
     os.makedirs(out, exist_ok=True)
     write_json(results, os.path.join(out, "localizers.json"))
@@ -418,10 +424,8 @@ def evaluate() -> None:
 
     model, _, base = trained_model()
     split = checked_split(model)
-    try:
+    with localizer_errors():
         localizer = localizers.get_localizer(model, FLAGS.localizer, FLAGS.layer, **localizer_options())
-    except ValueError as error:
-        raise app.UsageError(f"--localizer={FLAGS.localizer} --layer={FLAGS.layer}: {error}") from None
     suffix = "" if FLAGS.localizer == "cam" and FLAGS.layer is None else f"_{FLAGS.localizer}_{localizer.layer}"
     out = FLAGS.output_dir or os.path.join(base, f"eval_{FLAGS.split}{suffix}{settings_suffix()}")
     results = reporting.evaluate_split(
