@@ -11,9 +11,9 @@
     # ORNet: an evaluator, stage 1, then stage 2 (three workdirs)
     python train.py --method=cam --workdir=runs/evaluator
     python train.py --method=ornet --workdir=runs/ornet_stage1
-    python train.py --method=ornet --ornet_stage=2 --workdir=runs/ornet_stage2 \
-        --ornet_stage1_checkpoint=runs/ornet_stage1/checkpoints/last.keras \
-        --ornet_evaluator_checkpoint=runs/evaluator/checkpoints/best.keras
+    python train.py --method=ornet_refine --workdir=runs/ornet_stage2 \
+        --ornet_refine_stage1_checkpoint=runs/ornet_stage1/checkpoints/last.keras \
+        --ornet_refine_evaluator_checkpoint=runs/evaluator/checkpoints/best.keras
 
 A thin entry point of :mod:`keras_wsol.cli.train` (installed: ``wsol-train``).
 Each method's hyper-parameters are ``--<method>_<name>`` flags (README tables,

@@ -3,8 +3,8 @@
     python benchmarks/train_step_speed.py [--backbones small mobilenet_v2] [--size 96] [--sets 4] [--set_size 5]
         [--hyperparameter classifier_channels=256 ...]
 
-Every variant of every registered method (``WSOLModel.variants``: ORNet's two
-stages, stage 2 against a CAM evaluator of the same backbone) trains on the
+Every variant of every registered method (``WSOLModel.variants``: ORNet's
+refinement against a CAM evaluator of the same backbone) trains on the
 same class-set batch (N sets x S images, which every method accepts) from the
 same start; the compiled train steps are timed round by round, interleaved so
 drift hits all alike, and the fastest round is kept (the least disturbed by

@@ -10,7 +10,7 @@ does not import TensorFlow; its modules do.
 Example:
     >>> import keras_wsol
     >>> keras_wsol.__version__
-    '0.2.0'
+    '0.3.0'
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from importlib import metadata
 try:
     __version__ = metadata.version("keras_wsol")
 except metadata.PackageNotFoundError:  # a checkout that is not installed
-    __version__ = "0.2.0"
+    __version__ = "0.3.0"
 
 
 def train(argv: list[str] | None = None) -> None:

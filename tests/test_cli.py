@@ -178,7 +178,7 @@ def test_help_lists_the_flags_and_evaluate_help_needs_no_tensorflow():
         (["--flagfile={file}"], "includes itself"),
         (
             ["--method=complementary", "--beta=10"],
-            "{file}:2: --beta was renamed --complementary_beta in keras_wsol 0.2.0",
+            "{file}:2: --beta was renamed in keras_wsol 0.2.0: it is --complementary_beta now",
         ),
     ],
 )
@@ -196,11 +196,22 @@ def test_flagfile_errors_name_the_file_and_line(lines, error, tmp_path):
         ("train.py", "--lambda_frr=10", "--minmaxcam_lambda_frr"),
         ("train.py", "--nouse_caam", "--nocomplementary_use_caam"),
         ("evaluate.py", "--export_threshold=0.3", "--box_threshold"),
+        ("train.py", "--ornet_alpha=2", "--ornet_refine_alpha"),
+        ("train.py", "--entropy_mu=0.4", "--ornet_refine_mu"),
     ],
 )
-def test_a_flag_renamed_in_0_2_0_fails_naming_its_new_name(script, flag, new, tmp_path):
+def test_a_renamed_flag_fails_naming_its_new_name(script, flag, new, tmp_path):
     result = run(script, flag, f"--workdir={tmp_path}")
-    assert result.returncode != 0 and f"--{flag[2:].split('=')[0]} was renamed {new} in" in result.stderr
+    old = flag[2:].split("=")[0]
+    assert result.returncode != 0 and f"--{old} was renamed in keras_wsol " in result.stderr
+    assert f"it is {new} now" in result.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_the_removed_stage_flag_names_the_refinement_method(tmp_path):
+    result = run("train.py", "--method=ornet", "--ornet_stage=2", f"--workdir={tmp_path}")
+    assert result.returncode != 0 and "--ornet_stage was removed in keras_wsol 0.3.0" in result.stderr
+    assert "--method=ornet_refine" in result.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
@@ -394,21 +405,23 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     refine = [
-        "--method=ornet",
-        "--ornet_stage=2",
+        "--method=ornet_refine",
         *TINY,
         "--epochs=1",
-        f"--ornet_evaluator_checkpoint={evaluator}",
-        f"--ornet_stage1_checkpoint={stage1 / 'checkpoints' / 'best.keras'}",
+        f"--ornet_refine_evaluator_checkpoint={evaluator}",
+        f"--ornet_refine_stage1_checkpoint={stage1 / 'checkpoints' / 'best.keras'}",
     ]
     for args, message in (
-        (refine[:-1], "--ornet_stage1_checkpoint is required"),
-        (refine[:-2] + [f"--ornet_evaluator_checkpoint={tmp_path}/none.keras", refine[-1]], "none.keras: no such file"),
+        (refine[:-1], "--ornet_refine_stage1_checkpoint is required"),
+        (
+            refine[:-2] + [f"--ornet_refine_evaluator_checkpoint={tmp_path}/none.keras", refine[-1]],
+            "none.keras: no such file",
+        ),
         (refine + ["--backbone=vgg16"], "backbone='vgg16' but the stage-1 model has 'small'"),
     ):
         result = run("train.py", f"--workdir={tmp_path / 'bad'}", *args)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
-    result = run("train.py", f"--workdir={stage2}", *refine, "--ornet_alpha=1.0")
+    result = run("train.py", f"--workdir={stage2}", *refine, "--ornet_refine_alpha=1.0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "entropy" in open(stage2 / "log.csv").readline() and os.path.isfile(stage2 / "eval_test" / "metrics.json")
     import keras
@@ -417,7 +430,7 @@ def test_ornet_evaluator_stage1_and_stage2_chain_from_the_command_line(workdir, 
 
     model = keras.models.load_model(stage2 / "checkpoints" / "best.keras")
     original = keras.models.load_model(evaluator)
-    assert (model.stage, model.alpha, model.generator_channels) == (2, 1.0, 8)
+    assert (type(model).__name__, model.alpha, model.generator_channels) == ("ORNetRefinement", 1.0, 8)
     assert all(np.array_equal(a, b) for a, b in zip(model.evaluator.get_weights(), original.get_weights()))
     result = run("evaluate.py", f"--workdir={stage2}", f"--compare_workdirs={workdir},{stage1}")
     assert result.returncode == 0 and "within 5 points" in result.stdout, result.stderr[-2000:]

@@ -20,8 +20,8 @@ def make(cls, name, deterministic=False):
 
 def test_the_registry_covers_every_method_and_stage():
     # A subset: a test may register a method of its own (tests/toy_method.py).
-    assert {"cam", "cams2i", "complementary", "minmaxcam", "ornet"} <= set(METHODS)
-    assert {"cam", "cams2i", "complementary", "minmaxcam", "ornet", "ornet_stage2"} <= set(IDS)
+    assert {"cam", "cams2i", "complementary", "minmaxcam", "ornet", "ornet_refine"} <= set(METHODS)
+    assert {"cam", "cams2i", "complementary", "minmaxcam", "ornet", "ornet_refine"} <= set(IDS)
 
 
 @pytest.mark.parametrize("cls,name", VARIANTS, ids=IDS)
@@ -34,9 +34,9 @@ def test_xla_compiles_unless_the_model_says_it_cannot(cls, name):
     contracts.xla_compiles_unless_declared_otherwise(make(cls, name))
 
 
-def test_ornet_stage2_says_xla_cannot_compile_its_nearest_upsampling():
-    stage2 = dict(VARIANTS_BY_NAME)["ornet_stage2"]
-    assert not make(stage2, "ornet_stage2")().supports_jit
+def test_ornet_refinement_says_xla_cannot_compile_its_nearest_upsampling():
+    refinement = dict(VARIANTS_BY_NAME)["ornet_refine"]
+    assert not make(refinement, "ornet_refine")().supports_jit
 
 
 @pytest.mark.parametrize("cls,name", VARIANTS, ids=IDS)

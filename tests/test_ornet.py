@@ -1,4 +1,4 @@
-"""ORNet: its losses by hand, attentive erasing, what each stage trains, the stage-1 -> stage-2 hand-over."""
+"""ORNet and its refinement: the losses by hand, attentive erasing, what each stage trains, the hand-over."""
 
 import math
 
@@ -17,7 +17,7 @@ from keras_wsol import localizers
 from keras_wsol.data import pipeline, synthetic
 from keras_wsol.layers import attentive_erasing, erasing_draws, official_attentive_erasing
 from keras_wsol.losses import area_per_image, weighted_entropy_per_image
-from keras_wsol.methods import CAM, ORNet
+from keras_wsol.methods import CAM, ORNet, ORNetRefinement
 
 SIZE = 32
 
@@ -38,7 +38,7 @@ def stage2_model(seed=0, **kwargs):
     stage1 = stage1_model(seed)
     stage1.train_on_batch(*batch(seed))  # stage-1 weights that differ from a fresh model's
     evaluator = CAM(num_classes=2, backbone="small", image_size=SIZE)
-    model = ORNet.refine(stage1, evaluator, seed=seed, **kwargs)
+    model = ORNetRefinement.from_stage1(stage1, evaluator, seed=seed, **kwargs)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     return stage1, evaluator, model
 
@@ -240,16 +240,18 @@ def test_erasing_is_off_at_inference_and_logits_come_from_the_evaluator(erasing)
 
 def test_bad_settings_fail_clearly():
     stage1 = stage1_model()
-    with pytest.raises(ValueError, match="stage 2 needs an evaluator"):
-        ORNet(num_classes=2, backbone="small", image_size=SIZE, stage=2)
+    with pytest.raises(TypeError, match="ORNet has no argument alpha"):
+        ORNet(num_classes=2, backbone="small", image_size=SIZE, alpha=1.0)  # a refinement setting
+    with pytest.raises(TypeError, match="ORNetRefinement needs the argument evaluator"):
+        ORNetRefinement(num_classes=2, backbone="small", image_size=SIZE)
     with pytest.raises(ValueError, match="evaluator has 3 classes"):
-        ORNet.refine(stage1, CAM(num_classes=3, backbone="small", image_size=SIZE))
+        ORNetRefinement.from_stage1(stage1, CAM(num_classes=3, backbone="small", image_size=SIZE))
     with pytest.raises(ValueError, match="tap='mid' but the stage-1 model has 'low'"):
-        ORNet.refine(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), tap="mid")
-    with pytest.raises(ValueError, match="ORNet at stage 1"):
-        ORNet.refine(CAM(num_classes=2, backbone="small", image_size=SIZE), stage1)
+        ORNetRefinement.from_stage1(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), tap="mid")
+    with pytest.raises(ValueError, match="must be a stage-1 ORNet, not CAM"):
+        ORNetRefinement.from_stage1(CAM(num_classes=2, backbone="small", image_size=SIZE), stage1)
     with pytest.raises(ValueError, match="area_top_classes=25 needs at least that many classes; this model has 2"):
-        ORNet.refine(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), area_top_classes=25)
+        ORNetRefinement.from_stage1(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), area_top_classes=25)
 
 
 def test_short_fits_of_both_stages_then_save_and_load(tmp_path):
@@ -259,13 +261,13 @@ def test_short_fits_of_both_stages_then_save_and_load(tmp_path):
     stage1 = stage1_model(4)
     history = stage1.fit(ds, epochs=3, verbose=0).history
     assert history["loss"][-1] < history["loss"][0]
-    stage1 = assert_round_trip(stage1, tmp_path / "stage1.keras", data.images[:4], stage=1, generator_channels=4)
-    model = ORNet.refine(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), alpha=2.0)
+    stage1 = assert_round_trip(stage1, tmp_path / "stage1.keras", data.images[:4], generator_channels=4)
+    model = ORNetRefinement.from_stage1(stage1, CAM(num_classes=2, backbone="small", image_size=SIZE), alpha=2.0)
     model.compile(optimizer=keras.optimizers.Adam(1e-4))
     history = model.fit(ds, validation_data=ds, epochs=2, verbose=0).history
     assert {"evaluation_loss", "entropy", "area", "val_loss", "val_entropy"} <= set(history)
     assert np.isfinite(history["loss"]).all()
-    loaded = assert_round_trip(model, tmp_path / "stage2.keras", data.images[:4], stage=2, alpha=2.0)
+    loaded = assert_round_trip(model, tmp_path / "stage2.keras", data.images[:4], alpha=2.0)
     np.testing.assert_array_equal(np.asarray(loaded(data.images[:4])), np.asarray(model(data.images[:4])))
     assert not loaded.evaluator.trainable_weights
     assert np.isfinite(loaded.train_on_batch(data.images[:8], data.labels[:8], return_dict=True)["loss"])
@@ -280,3 +282,15 @@ def test_mixed_precision_maps_and_losses_stay_float32(policy):
         _, _, p_a = model.activation_maps(x, training=True)
         assert p_a.dtype == "float32"
         assert_float32_losses_and_finite_step(model, x, y)
+
+
+def test_models_saved_before_0_3_0_load_under_today_s_classes(tmp_path):
+    """Before 0.3.0 both stages saved every setting of both and a ``stage`` entry (and ``refine_learning_rate``)."""
+    _, _, refinement = stage2_model(6, alpha=2.0)
+    stage1 = stage1_model(6)
+    old_settings = {"stage": 1, "alpha": 1.5, "erasing": True, "refine_learning_rate": 1e-4, "seed": None}
+    loaded1 = ORNet.from_config({**stage1.get_config(), **old_settings})
+    config2 = {k: v for k, v in refinement.get_config().items() if k != "learning_rate"}
+    loaded2 = ORNetRefinement.from_config({**config2, "stage": 2, "refine_learning_rate": 3e-4})
+    assert loaded1.get_config() == {**stage1.get_config(), "name": loaded1.name}
+    assert (loaded2.alpha, loaded2.learning_rate, loaded2.optimizer_settings()) == (2.0, 3e-4, {"learning_rate": 3e-4})

@@ -14,9 +14,9 @@ REPRODUCE = os.path.join(ROOT, "docs", "REPRODUCE.md")
 PARSE = """
 import json, sys
 from absl import flags
-from keras_wsol.cli import flags as wsol_flags, evaluate, parsing
+from keras_wsol.cli import flags as wsol_flags, parsing
 script, commands = sys.argv[1], json.loads(sys.argv[2])
-wsol_flags.define_train_flags() if script == "train.py" else evaluate.define_evaluate_flags()
+wsol_flags.define_train_flags() if script == "train.py" else wsol_flags.define_evaluate_flags()
 for args in commands:
     try:
         parsing.parse_flags([script, *args])

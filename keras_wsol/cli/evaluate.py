@@ -32,102 +32,6 @@ if TYPE_CHECKING:
 FLAGS = flags.FLAGS
 
 
-def define_evaluate_flags() -> None:
-    """The data and protocol flags, and this command's own."""
-    wsol_flags.define_data_flags()
-    if "scoremap_root" in FLAGS:
-        return
-    flags.DEFINE_string("workdir", None, "A train.py workdir (its checkpoints/best.keras and flags.txt are used).")
-    flags.DEFINE_string("checkpoint", None, "A .keras model file; default WORKDIR/checkpoints/best.keras.")
-    flags.DEFINE_enum("split", "test", ("train", "val", "test"), "Split to evaluate.")
-    flags.DEFINE_string("output_dir", None, "Where metrics.json and pictures go; default WORKDIR/eval_SPLIT.")
-    flags.DEFINE_enum(
-        "localizer",
-        "cam",
-        (*LOCALIZER_NAMES, "all"),
-        "How score maps are made from the checkpoint (keras_wsol.localizers); all: sweep them.",
-    )
-    flags.DEFINE_string(
-        "layer",
-        None,
-        "Layer for the localizer: low, mid, high, cam (WSOLModel taps) or a layer name; several, comma-separated "
-        "(mid,high): their maps fused by --layer_fusion; all: every tap, one at a time. Default: the classifier's "
-        "layer.",
-    )
-    flags.DEFINE_enum(
-        "layer_fusion",
-        "max",
-        ("max", "mean"),
-        "--layer with several layers: per pixel the max or the mean of their min-max normalized maps.",
-    )
-    flags.DEFINE_enum("localizer_score", "logit", ("logit", "softmax"), "Score the localizer differentiates.")
-    flags.DEFINE_enum(
-        "guided",
-        "default",
-        ("default", "on", "off"),
-        "Guided backprop through the ReLUs above the layer (default: on for bagcams only).",
-    )
-    flags.DEFINE_bool(
-        "export",
-        False,
-        "Export the checkpoint as a TF Serving SavedModel (keras_wsol.export) instead of "
-        "evaluating: the box threshold is chosen on the val split; --localizer/--layer pick the score maps.",
-    )
-    flags.DEFINE_string("export_dir", "saved_models", "Export: TF Serving model base folder.")
-    flags.DEFINE_string("model_name", None, "Export: model folder name; default the workdir's name.")
-    flags.DEFINE_integer(
-        "version", None, "Export: version number (must be free); default the next free one.", lower_bound=1
-    )
-    flags.DEFINE_list(
-        "compare_workdirs",
-        [],
-        "Also draw these train.py workdirs' BoxAcc-versus-threshold curves "
-        "(their own maps, single contour, IoU 0.5) with this one's: box_acc_compare.png and "
-        "threshold_curves.json in the output folder. They must have been trained on the same data.",
-    )
-    flags.DEFINE_list(
-        "images",
-        [],
-        "Localize these image files, folders of images or glob patterns (any size; JPEG, PNG, GIF, BMP): print "
-        "the top-5 classes and a box, write an overlay PNG each (sized to the photo; a repeated name gets _2).",
-    )
-    flags.DEFINE_enum(
-        "imagenet",
-        None,
-        ("efficientnet_lite0",),
-        "--images: an ImageNet classifier with offline "
-        "weights (keras_wsol.pretrained) instead of a checkpoint; --image_size defaults to 224 for it.",
-    )
-    flags.DEFINE_bool("imagenet_surgery", False, "--imagenet: run the last stride-2 stage at stride 1 (finer maps).")
-    flags.DEFINE_float(
-        "box_threshold",
-        None,
-        f"The tau at which boxes are drawn from a min-max normalized map: --images (default {DEFAULT_BOX_THRESHOLD}, "
-        "CAM's fixed 20%, Zhou et al. 2016) and --export (default: the tau of the best MaxBoxAcc on the val split). "
-        "The protocol's scores try every tau; --fixed_threshold adds one to their report.",
-        lower_bound=0,
-        upper_bound=0.999,
-    )
-    wsol_flags.RENAMED["export_threshold"] = "box_threshold"
-    flags.DEFINE_bool(
-        "faithfulness",
-        False,
-        "Also score the maps' deletion and insertion AUC (keras_wsol.faithfulness; RISE, Petsiuk et al. 2018): "
-        "the class probability as the map's pixels are removed or revealed, highest first.",
-    )
-    flags.DEFINE_integer("faithfulness_steps", 16, "--faithfulness: pixel steps from 0 to all.", lower_bound=1)
-    flags.DEFINE_enum("faithfulness_fill", "blur", ("blur", "mean"), "--faithfulness: what a removed pixel shows.")
-    flags.DEFINE_list(
-        "inference_setting",
-        [],
-        "NAME=VALUE,...: score the checkpoint with these inference-only hyper-parameters changed (e.g. "
-        "fusion=min; training does not depend on them; the README's method tables mark them); the default "
-        "output folder gets their names.",
-    )
-    flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
-    flags.DEFINE_string("output_json", None, "Evaluator-only mode: where to write the metrics.")
-
-
 def evaluate_scoremap_folder() -> dict:
     """Evaluator-only mode: score maps on disk (``<image_id>.npy``, R x R) against a metadata folder.
 
@@ -229,27 +133,9 @@ def settings_suffix() -> str:
 
 def compare_curves(model, split, out: str) -> None:
     """``--compare_workdirs``: BoxAcc-versus-threshold curves of this model and the others, one plot."""
-    import keras
-
     from keras_wsol import reporting, visualize
 
-    if not FLAGS.workdir:
-        raise app.UsageError("--compare_workdirs needs --workdir (the runs' flags.txt must show the same data)")
-    mine = workdirs.run_data(FLAGS.workdir)
-    models = {os.path.basename(os.path.normpath(FLAGS.workdir)): model}
-    for workdir in FLAGS.compare_workdirs:
-        theirs = workdirs.run_data(workdir)
-        differ = [
-            f"--{k}={theirs.get(k)} (here {mine.get(k)})" for k in wsol_flags.DATA_FLAGS if theirs.get(k) != mine.get(k)
-        ]
-        if differ:
-            raise app.UsageError(f"--compare_workdirs: {workdir} was trained on other data: {', '.join(differ)}")
-        checkpoint = workdirs.best_checkpoint(workdir)
-        if not os.path.isfile(checkpoint):
-            raise app.UsageError(f"--compare_workdirs: no checkpoint at {checkpoint}")
-        # Runs are named by their folder; the whole path where two folders share a name.
-        name = os.path.basename(os.path.normpath(workdir))
-        models[os.path.normpath(workdir) if name in models else name] = keras.models.load_model(checkpoint)
+    models = {os.path.basename(os.path.normpath(FLAGS.workdir or "")): model, **compared_models()}
     taus, curves = reporting.threshold_curves(models, split, wsol_settings.protocol())
     visualize.plot_box_acc_curves(
         taus, {}, os.path.join(out, "box_acc_compare.png"), "BoxAcc vs threshold (single contour, IoU 50)", curves
@@ -271,6 +157,30 @@ def compare_curves(model, split, out: str) -> None:
             + "".join(f"{a:7.1f}" for a in at)
             + f"   {curve.max():5.1f} ({taus[int(np.argmax(curve))]:.2f})   {low:.2f}-{high:.2f}"
         )
+
+
+def compared_models() -> dict:
+    """The ``--compare_workdirs`` runs' best checkpoints, by folder name, checked to be trained on this run's data."""
+    import keras
+
+    if not FLAGS.workdir:
+        raise app.UsageError("--compare_workdirs needs --workdir (the runs' flags.txt must show the same data)")
+    mine = workdirs.run_data(FLAGS.workdir)
+    models = {os.path.basename(os.path.normpath(FLAGS.workdir)): None}
+    for workdir in FLAGS.compare_workdirs:
+        theirs = workdirs.run_data(workdir)
+        differ = [
+            f"--{k}={theirs.get(k)} (here {mine.get(k)})" for k in wsol_flags.DATA_FLAGS if theirs.get(k) != mine.get(k)
+        ]
+        if differ:
+            raise app.UsageError(f"--compare_workdirs: {workdir} was trained on other data: {', '.join(differ)}")
+        checkpoint = workdirs.best_checkpoint(workdir)
+        if not os.path.isfile(checkpoint):
+            raise app.UsageError(f"--compare_workdirs: no checkpoint at {checkpoint}")
+        # Runs are named by their folder; the whole path where two folders share a name.
+        name = os.path.basename(os.path.normpath(workdir))
+        models[os.path.normpath(workdir) if name in models else name] = keras.models.load_model(checkpoint)
+    return {name: m for name, m in models.items() if m is not None}
 
 
 def export_checkpoint(model, localizer: Localizer, checkpoint: str, base: str) -> None:
@@ -470,7 +380,7 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """The evaluate command: define the flags, parse ``argv``, run the mode they ask for."""
-    define_evaluate_flags()
+    wsol_flags.define_evaluate_flags()
     parsing.show_in_help(__name__, wsol_flags.__name__)
     app.run(parsing.errors_without_help(main), argv=argv, flags_parser=parsing.parse_flags)
 

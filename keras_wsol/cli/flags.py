@@ -4,8 +4,8 @@ A method never reads these: the commands turn them into arguments
 (:mod:`keras_wsol.cli.settings`); :mod:`keras_wsol.cli.parsing` checks a
 command line and its flag files before absl reads them. Each
 registered method's hyper-parameters become ``--<method>_<name>`` flags
-(:mod:`keras_wsol.methods.hyperparameters`); a name they had before 0.2.0 fails with a message naming
-the flag it became (:data:`RENAMED`, CHANGELOG.md).
+(:mod:`keras_wsol.methods.hyperparameters`); a name a flag had in an earlier version fails with a
+message naming the flag it became (:data:`RENAMED`, :data:`REMOVED`, CHANGELOG.md).
 
 Example:
     >>> from absl import flags as absl_flags
@@ -26,9 +26,13 @@ FLAGS = flags.FLAGS
 #: :func:`define_data_flags` with every flag it defines before the loader and protocol flags, so none is forgotten.
 DATA_FLAGS: list[str] = []
 
-#: ``{name before 0.2.0: flag}`` for the renamed method flags: given, an old name is an error naming the new one
-#: (:func:`keras_wsol.cli.parsing.parse_flags`). Filled by :func:`define_model_flags`.
-RENAMED: dict[str, str] = {}
+#: ``{old name: (flag, version that renamed it)}`` for renamed flags: given, an old name is an error naming the new
+#: one (:func:`keras_wsol.cli.parsing.parse_flags`). Filled by :func:`define_model_flags` (and evaluate's flags).
+RENAMED: dict[str, tuple[str, str]] = {}
+#: ``{old name: (what replaces it, version that removed it)}`` for flags that are gone without a one-to-one successor.
+REMOVED: dict[str, tuple[str, str]] = {
+    "ornet_stage": ("ORNet's stage 2 is its own method, --method=ornet_refine (flags --ornet_refine_*)", "0.3.0"),
+}
 
 
 def define_data_flags() -> None:
@@ -36,6 +40,14 @@ def define_data_flags() -> None:
     if "dataset" in FLAGS:
         return
     before = set(FLAGS)
+    _define_source_flags()
+    _define_folder_flags()
+    DATA_FLAGS.extend(sorted(set(FLAGS) - before))
+    _define_loader_and_protocol_flags()
+
+
+def _define_source_flags() -> None:
+    """Which dataset, at which size: the synthetic benchmark's and TFDS's settings."""
     flags.DEFINE_enum(
         "dataset",
         "synthetic",
@@ -71,6 +83,10 @@ def define_data_flags() -> None:
         "cub: training images per class held out as the val split (the protocol's CUBV2 val has 5 per class).",
         lower_bound=1,
     )
+
+
+def _define_folder_flags() -> None:
+    """A benchmark metadata folder (``--dataset=folder``, ImageNet's val/test) and its masks."""
     flags.DEFINE_string("data_root", None, "folder, imagenet: root of the images named in image_ids.txt.")
     flags.DEFINE_string(
         "metadata_root",
@@ -92,7 +108,10 @@ def define_data_flags() -> None:
         "folder: localization.txt's boxes are fractions of the image's width and height in [0, 1], not pixels "
         "(x0 * W, y0 * H, x1 * W - 1, y1 * H - 1 are used); without it such boxes are refused",
     )
-    DATA_FLAGS.extend(sorted(set(FLAGS) - before))
+
+
+def _define_loader_and_protocol_flags() -> None:
+    """How images are loaded and batched, and the protocol's settings."""
     flags.DEFINE_string(
         "cache",
         None,
@@ -141,47 +160,48 @@ def define_model_flags() -> None:
 
 
 def define_hyperparameter_flags(method_name: str, method) -> None:
-    """``--<method_name>_<name>`` for each of ``method``'s hyper-parameters (names before 0.2.0: :data:`RENAMED`)."""
+    """``--<method_name>_<name>`` for each of ``method``'s hyper-parameters (earlier names: :data:`RENAMED`)."""
     from keras_wsol.methods.hyperparameters import flag_name
 
     for parameter in method.hyperparameters:
         flag = flag_name(method_name, parameter)
         if flag is None or flag in FLAGS:
             continue  # no flag, or a shared flag defined above
-        kind = parameter.value_type
-        text = f"{method.__name__}: {parameter.help} [default from: {parameter.source}]"
-        if parameter.is_tuple:
-            flags.DEFINE_list(flag, [str(v) for v in parameter.default], text)
-            bounds = "".join(
-                f" {op} {v:g}" for op, v in ((">=", parameter.minimum), ("<=", parameter.maximum)) if v is not None
-            )
-            flags.register_validator(
-                flag,
-                functools.partial(_valid_list, parameter),
-                message=f"--{flag}: give {kind.__name__} values{bounds} separated by commas, "
-                f"e.g. {','.join(map(str, parameter.default))}",
-            )
-        elif parameter.choices is not None and kind is str:
-            flags.DEFINE_enum(flag, parameter.default, parameter.choices, text)
-        elif kind is bool:
-            flags.DEFINE_boolean(flag, parameter.default, text)
-        elif kind is int:
-            flags.DEFINE_integer(
-                flag, parameter.default, text, lower_bound=parameter.minimum, upper_bound=parameter.maximum
-            )
-        elif kind is float:
-            flags.DEFINE_float(
-                flag, parameter.default, text, lower_bound=parameter.minimum, upper_bound=parameter.maximum
-            )
-        else:
-            flags.DEFINE_string(flag, parameter.default, text)
-        if parameter.choices is not None and kind is not str:
-            flags.register_validator(
-                flag,
-                lambda v, choices=parameter.choices: v in choices,
-                message=f"--{flag}: choose one of {', '.join(map(str, parameter.choices))}",
-            )
-        RENAMED.update({old: flag for old in parameter.renamed_from})
+        _define_hyperparameter_flag(flag, parameter, f"{method.__name__}: {parameter.help}")
+        RENAMED.update({old: (flag, version) for old, version in parameter.renamed_from})
+
+
+def _define_hyperparameter_flag(flag: str, parameter, help_text: str) -> None:
+    """One absl flag of ``parameter``'s type, bounds and choices."""
+    kind = parameter.value_type
+    text = f"{help_text} [default from: {parameter.source}]"
+    bounds = {"lower_bound": parameter.minimum, "upper_bound": parameter.maximum}
+    if parameter.is_tuple:
+        flags.DEFINE_list(flag, [str(v) for v in parameter.default], text)
+        limits = "".join(
+            f" {op} {v:g}" for op, v in ((">=", parameter.minimum), ("<=", parameter.maximum)) if v is not None
+        )
+        flags.register_validator(
+            flag,
+            functools.partial(_valid_list, parameter),
+            message=f"--{flag}: give {kind.__name__} values{limits} separated by commas, "
+            f"e.g. {','.join(map(str, parameter.default))}",
+        )
+    elif parameter.choices is not None and kind is str:
+        flags.DEFINE_enum(flag, parameter.default, parameter.choices, text)
+    elif kind is bool:
+        flags.DEFINE_boolean(flag, parameter.default, text)
+    elif kind in (int, float):
+        define = flags.DEFINE_integer if kind is int else flags.DEFINE_float
+        define(flag, parameter.default, text, **bounds)
+    else:
+        flags.DEFINE_string(flag, parameter.default, text)
+    if parameter.choices is not None and kind is not str:
+        flags.register_validator(
+            flag,
+            lambda v, choices=parameter.choices: v in choices,
+            message=f"--{flag}: choose one of {', '.join(map(str, parameter.choices))}",
+        )
 
 
 def _valid_list(parameter, values: list[str]) -> bool:
@@ -202,10 +222,15 @@ def _increasing_fractions(values: list[str]) -> bool:
 
 def define_train_flags() -> None:
     """Everything train.py needs."""
-    from keras_wsol.distribute import STRATEGIES
-
     define_data_flags()
     define_model_flags()
+    _define_run_flags()
+    _define_optimizer_flags()
+    _define_execution_flags()
+
+
+def _define_run_flags() -> None:
+    """Where a run writes, how long it trains, which epoch it keeps."""
     flags.DEFINE_string("workdir", "runs/default", "Output folder: checkpoints, logs, flags, evaluation.")
     flags.DEFINE_boolean(
         "overwrite",
@@ -214,6 +239,21 @@ def define_train_flags() -> None:
         "the same command resumes an interrupted run, evaluates a trained one, and leaves a finished one alone.",
     )
     flags.DEFINE_integer("epochs", 12, "Training epochs.", lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Random seed for weights, shuffling and augmentation.")
+    flags.DEFINE_enum(
+        "select_checkpoint",
+        "val_localization",
+        ("val_loss", "val_localization"),
+        "Which epoch checkpoints/best.keras keeps (and the final evaluation scores): the best validation "
+        "localization (default; MaxBoxAccV2, PxAP for masks; each epoch's maps scored on the val split, logged as "
+        "val_localization), as the protocol's code and the official MinMaxCAM code keep; or the lowest validation "
+        "loss. A val split without boxes or masks falls back to val_loss unless this flag is given.",
+    )
+    flags.DEFINE_boolean("evaluate", True, "Evaluate the best checkpoint on the test split at the end.")
+
+
+def _define_optimizer_flags() -> None:
+    """The run's optimizer and schedule (a method's own defaults apply where a flag is not given)."""
     flags.DEFINE_enum("optimizer", "adam", ("adam", "adamw", "sgd"), "Optimizer.")
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0)
     flags.DEFINE_enum("lr_schedule", "cosine", ("constant", "cosine", "step"), "Learning-rate schedule over training.")
@@ -252,7 +292,12 @@ def define_train_flags() -> None:
         "1e-4, new layers 1e-3), 1 from random weights.",
         lower_bound=0,
     )
-    flags.DEFINE_integer("seed", 0, "Random seed for weights, shuffling and augmentation.")
+
+
+def _define_execution_flags() -> None:
+    """Precision, devices and compilation."""
+    from keras_wsol.distribute import STRATEGIES
+
     flags.DEFINE_enum(
         "mixed_precision",
         "none",
@@ -280,13 +325,126 @@ def define_train_flags() -> None:
         "GPU when every layer supports it, off on the CPU and under tf.distribute); --jit_compile forces it on, "
         "--nojit_compile off.",
     )
+
+
+def define_evaluate_flags() -> None:
+    """Everything evaluate.py needs: the data and protocol flags, and the command's own."""
+    from keras_wsol.choices import DEFAULT_BOX_THRESHOLD, LOCALIZER_NAMES
+
+    define_data_flags()
+    if "scoremap_root" in FLAGS:
+        return
+    _define_evaluated_model_flags()
+    _define_localizer_flags(LOCALIZER_NAMES)
+    _define_export_flags()
+    _define_image_flags(DEFAULT_BOX_THRESHOLD)
+    _define_extra_score_flags()
+
+
+def _define_evaluated_model_flags() -> None:
+    """Which checkpoint, which split, where the results go."""
+    flags.DEFINE_string("workdir", None, "A train.py workdir (its checkpoints/best.keras and flags.txt are used).")
+    flags.DEFINE_string("checkpoint", None, "A .keras model file; default WORKDIR/checkpoints/best.keras.")
+    flags.DEFINE_enum("split", "test", ("train", "val", "test"), "Split to evaluate.")
+    flags.DEFINE_string("output_dir", None, "Where metrics.json and pictures go; default WORKDIR/eval_SPLIT.")
+
+
+def _define_localizer_flags(localizer_names: tuple) -> None:
+    """How score maps are made from the checkpoint."""
     flags.DEFINE_enum(
-        "select_checkpoint",
-        "val_localization",
-        ("val_loss", "val_localization"),
-        "Which epoch checkpoints/best.keras keeps (and the final evaluation scores): the best validation "
-        "localization (default; MaxBoxAccV2, PxAP for masks; each epoch's maps scored on the val split, logged as "
-        "val_localization), as the protocol's code and the official MinMaxCAM code keep; or the lowest validation "
-        "loss. A val split without boxes or masks falls back to val_loss unless this flag is given.",
+        "localizer",
+        "cam",
+        (*localizer_names, "all"),
+        "How score maps are made from the checkpoint (keras_wsol.localizers); all: sweep them.",
     )
-    flags.DEFINE_boolean("evaluate", True, "Evaluate the best checkpoint on the test split at the end.")
+    flags.DEFINE_string(
+        "layer",
+        None,
+        "Layer for the localizer: low, mid, high, cam (WSOLModel taps) or a layer name; several, comma-separated "
+        "(mid,high): their maps fused by --layer_fusion; all: every tap, one at a time. Default: the classifier's "
+        "layer.",
+    )
+    flags.DEFINE_enum(
+        "layer_fusion",
+        "max",
+        ("max", "mean"),
+        "--layer with several layers: per pixel the max or the mean of their min-max normalized maps.",
+    )
+    flags.DEFINE_enum("localizer_score", "logit", ("logit", "softmax"), "Score the localizer differentiates.")
+    flags.DEFINE_enum(
+        "guided",
+        "default",
+        ("default", "on", "off"),
+        "Guided backprop through the ReLUs above the layer (default: on for bagcams only).",
+    )
+
+
+def _define_export_flags() -> None:
+    """TF Serving export."""
+    flags.DEFINE_bool(
+        "export",
+        False,
+        "Export the checkpoint as a TF Serving SavedModel (keras_wsol.export) instead of "
+        "evaluating: the box threshold is chosen on the val split; --localizer/--layer pick the score maps.",
+    )
+    flags.DEFINE_string("export_dir", "saved_models", "Export: TF Serving model base folder.")
+    flags.DEFINE_string("model_name", None, "Export: model folder name; default the workdir's name.")
+    flags.DEFINE_integer(
+        "version", None, "Export: version number (must be free); default the next free one.", lower_bound=1
+    )
+
+
+def _define_extra_score_flags() -> None:
+    """Threshold curves of other runs, faithfulness, inference settings, evaluator-only mode."""
+    flags.DEFINE_list(
+        "compare_workdirs",
+        [],
+        "Also draw these train.py workdirs' BoxAcc-versus-threshold curves "
+        "(their own maps, single contour, IoU 0.5) with this one's: box_acc_compare.png and "
+        "threshold_curves.json in the output folder. They must have been trained on the same data.",
+    )
+    flags.DEFINE_bool(
+        "faithfulness",
+        False,
+        "Also score the maps' deletion and insertion AUC (keras_wsol.faithfulness; RISE, Petsiuk et al. 2018): "
+        "the class probability as the map's pixels are removed or revealed, highest first.",
+    )
+    flags.DEFINE_integer("faithfulness_steps", 16, "--faithfulness: pixel steps from 0 to all.", lower_bound=1)
+    flags.DEFINE_enum("faithfulness_fill", "blur", ("blur", "mean"), "--faithfulness: what a removed pixel shows.")
+    flags.DEFINE_list(
+        "inference_setting",
+        [],
+        "NAME=VALUE,...: score the checkpoint with these inference-only hyper-parameters changed (e.g. "
+        "fusion=min; training does not depend on them; the README's method tables mark them); the default "
+        "output folder gets their names.",
+    )
+    flags.DEFINE_string("scoremap_root", None, "Evaluator-only mode: folder of <image_id>.npy score maps.")
+    flags.DEFINE_string("output_json", None, "Evaluator-only mode: where to write the metrics.")
+
+
+def _define_image_flags(default_box_threshold: float) -> None:
+    """Localizing image files (a checkpoint or an ImageNet classifier)."""
+    flags.DEFINE_list(
+        "images",
+        [],
+        "Localize these image files, folders of images or glob patterns (any size; JPEG, PNG, GIF, BMP): print "
+        "the top-5 classes and a box, write an overlay PNG each (sized to the photo; a repeated name gets _2).",
+    )
+    flags.DEFINE_enum(
+        "imagenet",
+        None,
+        ("efficientnet_lite0",),
+        "--images: an ImageNet classifier with offline "
+        "weights (keras_wsol.pretrained) instead of a checkpoint; --image_size defaults to 224 for it.",
+    )
+    flags.DEFINE_bool("imagenet_surgery", False, "--imagenet: run the last stride-2 stage at stride 1 (finer maps).")
+    flags.DEFINE_float(
+        "box_threshold",
+        None,
+        f"The tau at which boxes are drawn from a min-max normalized map: --images (default {default_box_threshold}, "
+        "CAM's fixed 20%, Zhou et al. 2016) and --export (default: the tau of the best MaxBoxAcc on the val split). "
+        "The protocol's scores try every tau; --fixed_threshold adds one to their report.",
+        lower_bound=0,
+        upper_bound=0.999,
+    )
+    RENAMED["export_threshold"] = ("box_threshold", "0.2.0")

@@ -13,7 +13,7 @@ from typing import Callable
 from absl import app, flags
 from absl.flags import _helpers
 
-from keras_wsol.cli.flags import FLAGS, RENAMED
+from keras_wsol.cli.flags import FLAGS, REMOVED, RENAMED
 
 
 def show_in_help(*modules: str) -> None:
@@ -60,14 +60,22 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _renamed(argument: str) -> str | None:
-    """The message for ``argument`` (``--name[=value]``) when ``name`` is a flag's name before 0.2.0, else None."""
+    """The message for ``argument`` (``--name[=value]``) when ``name`` is a flag's name in an earlier version, else
+    None."""
     name = argument.lstrip("-").partition("=")[0]
-    negated = name.startswith("no") and name[2:] in RENAMED and name not in RENAMED
+    known = {**RENAMED, **REMOVED}
+    negated = name.startswith("no") and name[2:] in known and name not in known
     old = name[2:] if negated else name
-    if old not in RENAMED or old in FLAGS:
+    if old not in known or old in FLAGS:
         return None
-    new = ("no" if negated else "") + RENAMED[old]
-    return f"--{name} was renamed --{new} in keras_wsol 0.2.0 (CHANGELOG.md lists every renamed flag)"
+    if old in REMOVED:
+        successor, version = REMOVED[old]
+        return f"--{name} was removed in keras_wsol {version}: {successor} (CHANGELOG.md)"
+    new, version = RENAMED[old]
+    return (
+        f"--{name} was renamed in keras_wsol {version}: it is --{'no' if negated else ''}{new} now "
+        "(CHANGELOG.md lists every renamed flag)"
+    )
 
 
 def _check_flagfile(path: str, including: tuple[str, ...]) -> None:

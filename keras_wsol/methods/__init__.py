@@ -5,7 +5,8 @@ from keras_wsol.methods.cam import CAM
 from keras_wsol.methods.cams2i import CAMs2i
 from keras_wsol.methods.complementary import Complementary
 from keras_wsol.methods.minmaxcam import MinMaxCAM
-from keras_wsol.methods.ornet import ORNet, ORNetRefinement
+from keras_wsol.methods.ornet import ORNet
+from keras_wsol.methods.ornet_refine import ORNetRefinement
 from keras_wsol.methods.registry import METHODS, get_method, register_method
 
 __all__ = [

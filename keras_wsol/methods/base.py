@@ -32,6 +32,8 @@ from keras_wsol.optimizers import set_lr_multipliers
 
 #: The constructor arguments that fix a WSOLModel's network (shared by every method).
 ARCHITECTURE = ("num_classes", "backbone", "image_size", "head_channels")
+#: Every constructor argument a WSOLModel saves besides a method's own (hyper-parameters, model inputs).
+CONSTRUCTOR = (*ARCHITECTURE, "weights", "backbone_lr_multiplier", "input_statistics", "name", "dtype", "trainable")
 
 
 _RESTORING = contextvars.ContextVar("keras_wsol_restoring", default=False)
@@ -81,6 +83,10 @@ class WSOLModel(MultiWorkerFit, keras.Model):
     method_name = "cam"
     #: The method's hyper-parameters, declared once (:mod:`keras_wsol.methods.hyperparameters`).
     hyperparameters: tuple[HyperParameter, ...] = ()
+    #: Keras models a method is built around (ORNet's refinement: its evaluator): required constructor
+    #: arguments (a model or its serialized config), set as attributes before :meth:`create_method_state`,
+    #: saved in ``get_config`` and restored with the model.
+    model_inputs: tuple[str, ...] = ()
     #: Forward plus backward passes over the batch in one train step (CAM: 1 + 1); the train-step
     #: benchmark's target for a method is 1.2x its ratio to CAM's.
     train_passes = 2
@@ -102,6 +108,10 @@ class WSOLModel(MultiWorkerFit, keras.Model):
         **kwargs,
     ):
         values = {p.name: kwargs.pop(p.name, p.default) for p in self.hyperparameters}
+        missing = [name for name in self.model_inputs if name not in kwargs]
+        if missing:
+            raise TypeError(f"{type(self).__name__} needs the argument {', '.join(missing)} (a Keras model)")
+        inputs = {name: kwargs.pop(name) for name in self.model_inputs}
         unknown = sorted(set(kwargs) - {"name", "dtype", "trainable"})
         if unknown:
             declared = ", ".join(p.name for p in self.hyperparameters) or "none"
@@ -109,6 +119,8 @@ class WSOLModel(MultiWorkerFit, keras.Model):
                 f"{type(self).__name__} has no argument {', '.join(unknown)}; its hyper-parameters: {declared}"
             )
         super().__init__(**kwargs)
+        for name, model in inputs.items():
+            setattr(self, name, keras.saving.deserialize_keras_object(model) if isinstance(model, dict) else model)
         if not backbone_lr_multiplier >= 0:
             raise ValueError(f"backbone_lr_multiplier={backbone_lr_multiplier}: a non-negative factor")
         self.backbone_lr_multiplier = float(backbone_lr_multiplier)
@@ -394,6 +406,7 @@ class WSOLModel(MultiWorkerFit, keras.Model):
             "backbone_lr_multiplier": self.backbone_lr_multiplier,
             "input_statistics": None if self.input_statistics is None else [list(p) for p in self.input_statistics],
             **{p.name: p.to_config(getattr(self, p.name)) for p in self.hyperparameters if p.saved},
+            **{name: keras.saving.serialize_keras_object(getattr(self, name)) for name in self.model_inputs},
         }
 
     @classmethod

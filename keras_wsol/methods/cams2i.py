@@ -135,7 +135,7 @@ class CAMs2i(WSOLModel):
             "backbone tap where the second classifier S2 is inserted (the max-pools after it run with stride 1)",
             "paper Sec. 3.1 (S2 inside the backbone, same map size)",
             choices=("low", "mid"),
-            renamed_from=("s2_tap",),
+            renamed_from=(("s2_tap", "0.2.0"),),
         ),
         HyperParameter(
             "classifier_channels",
@@ -143,7 +143,7 @@ class CAMs2i(WSOLModel):
             "width of the two 1x1 convs of each classifier",
             "paper Sec. 3.4 (two 1x1 convs of 1024 filters)",
             minimum=1,
-            renamed_from=("classifier_channels",),
+            renamed_from=(("classifier_channels", "0.2.0"),),
         ),
         HyperParameter(
             "ramp_steps",
@@ -151,14 +151,14 @@ class CAMs2i(WSOLModel):
             "steps over which w0 of Eq. 7 rises from 0 to 1 (0: 1 from the start)",
             "our reading: the paper says w0 rises linearly, not how fast",
             minimum=0,
-            renamed_from=("ramp_steps",),
+            renamed_from=(("ramp_steps", "0.2.0"),),
         ),
         HyperParameter(
             "inter_module",
             True,
             "add the inter-sample criterion (Eq. 8-10; class-set batches); false trains CAMsIntra",
             "paper Eq. 10",
-            renamed_from=("inter_module",),
+            renamed_from=(("inter_module", "0.2.0"),),
         ),
         HyperParameter(
             "inter_net",
@@ -169,7 +169,7 @@ class CAMs2i(WSOLModel):
             "our reading: the paper's f is AlexNet, presumably pretrained and fixed; trained from random weights "
             "it satisfies L_inter by itself",
             choices=INTER_NETS,
-            renamed_from=("inter_net",),
+            renamed_from=(("inter_net", "0.2.0"),),
         ),
         HyperParameter(
             "inter_dim",
@@ -177,7 +177,7 @@ class CAMs2i(WSOLModel):
             "embedding width of the small f",
             "our choice (any small width)",
             minimum=1,
-            renamed_from=("inter_dim",),
+            renamed_from=(("inter_dim", "0.2.0"),),
         ),
         HyperParameter(
             "fusion",

@@ -98,7 +98,7 @@ class Complementary(WSOLModel):
             "image ('mixed'); one entry for a fixed size; scaled below 224 px",
             "paper Sec. 4.3 (mixed patch sizes, uniform per image)",
             minimum=1,
-            renamed_from=("patch_sizes",),
+            renamed_from=(("patch_sizes", "0.2.0"),),
         ),
         HyperParameter(
             "hide_prob",
@@ -107,7 +107,7 @@ class Complementary(WSOLModel):
             "paper Sec. 4.3",
             minimum=0,
             maximum=1,
-            renamed_from=("hide_prob",),
+            renamed_from=(("hide_prob", "0.2.0"),),
         ),
         HyperParameter(
             "hide_fill",
@@ -123,7 +123,7 @@ class Complementary(WSOLModel):
             "weight of the attention-based fusion loss (Eq. 15); 0 drops it",
             "paper Sec. 3.6 (beta = 50)",
             minimum=0,
-            renamed_from=("beta",),
+            renamed_from=(("beta", "0.2.0"),),
         ),
         HyperParameter(
             "fusion_reduction",
@@ -149,21 +149,21 @@ class Complementary(WSOLModel):
             True,
             "train with CAAM (Eq. 1-6); false: the Table 5 ablation",
             "paper Sec. 3.3",
-            renamed_from=("use_caam",),
+            renamed_from=(("use_caam", "0.2.0"),),
         ),
         HyperParameter(
             "use_ssam",
             True,
             "train with SSAM (Eq. 7-8); false: the Table 5 ablation",
             "paper Sec. 3.4",
-            renamed_from=("use_ssam",),
+            renamed_from=(("use_ssam", "0.2.0"),),
         ),
         HyperParameter(
             "attention_at_inference",
             False,
             "keep CAAM and SSAM on at inference",
             "our reading of Sec. 1: the whole test image, no hiding, one branch",
-            renamed_from=("attention_at_inference",),
+            renamed_from=(("attention_at_inference", "0.2.0"),),
             inference_only=True,
         ),
         HyperParameter(

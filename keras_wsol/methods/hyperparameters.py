@@ -40,8 +40,8 @@ class HyperParameter:
         minimum, maximum: bounds of a number (inclusive).
         flag: a shared flag that sets it (e.g. ``set_size``, read by the data
             pipeline too) instead of ``--<method>_<name>``; ``""`` for no flag.
-        renamed_from: flag names it had before 0.2.0; given, they fail with a message naming
-            this flag (CHANGELOG.md).
+        renamed_from: ``(old flag name, version that renamed it)`` pairs; given, an old
+            name fails with a message naming this flag (CHANGELOG.md).
         statistic: filled from the training data by the CLI (``"mean_pixel"`` or ``"std_pixel"``);
             no flag.
         saved: part of ``get_config`` (False for build inputs such as
@@ -61,7 +61,7 @@ class HyperParameter:
     minimum: float | None = None
     maximum: float | None = None
     flag: str | None = None
-    renamed_from: tuple[str, ...] = ()
+    renamed_from: tuple[tuple[str, str], ...] = ()
     statistic: str | None = None
     saved: bool = True
     inference_only: bool = False

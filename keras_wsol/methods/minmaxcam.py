@@ -92,7 +92,7 @@ class MinMaxCAM(WSOLModel):
             "weight of Common Region Regularization (Eq. 5)",
             "official train.py:182 (--w_loss_com)",
             minimum=0,
-            renamed_from=("lambda_crr",),
+            renamed_from=(("lambda_crr", "0.2.0"),),
         ),
         HyperParameter(
             "lambda_frr",
@@ -100,7 +100,7 @@ class MinMaxCAM(WSOLModel):
             "weight of Full Region Regularization (Eq. 5); the paper's Fig. 6 peaks at 10 for VGG16",
             "official train.py:183 (--w_loss_ori)",
             minimum=0,
-            renamed_from=("lambda_frr",),
+            renamed_from=(("lambda_frr", "0.2.0"),),
         ),
         HyperParameter(
             "stage2_regime",
@@ -120,7 +120,7 @@ class MinMaxCAM(WSOLModel):
             "stage2_regime=separate: a fresh copy of the run's optimizer, or SGD",
             "our reading: the paper says only that stage II updates fc",
             choices=("same", "sgd"),
-            renamed_from=("stage2_optimizer",),
+            renamed_from=(("stage2_optimizer", "0.2.0"),),
         ),
         HyperParameter(
             "stage2_learning_rate",
@@ -129,7 +129,7 @@ class MinMaxCAM(WSOLModel):
             "our reading: the paper gives one learning rate",
             kind=float,
             minimum=0,
-            renamed_from=("stage2_learning_rate",),
+            renamed_from=(("stage2_learning_rate", "0.2.0"),),
         ),
         HyperParameter(
             "official_optimizer",

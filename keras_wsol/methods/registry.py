@@ -20,6 +20,7 @@ from keras_wsol.methods.complementary import Complementary
 from keras_wsol.methods.hyperparameters import markdown_table
 from keras_wsol.methods.minmaxcam import MinMaxCAM
 from keras_wsol.methods.ornet import ORNet
+from keras_wsol.methods.ornet_refine import ORNetRefinement
 
 METHODS: dict[str, type[WSOLModel]] = {}
 
@@ -36,7 +37,9 @@ def register_method(cls: type[WSOLModel]) -> type[WSOLModel]:
 
 
 #: The library's own methods, registered in this order (one list: their names follow from the classes).
-BUILT_IN = tuple(register_method(cls).method_name for cls in (CAM, CAMs2i, Complementary, MinMaxCAM, ORNet))
+BUILT_IN = tuple(
+    register_method(cls).method_name for cls in (CAM, CAMs2i, Complementary, MinMaxCAM, ORNet, ORNetRefinement)
+)
 
 
 def get_method(name: str) -> type[WSOLModel]:
