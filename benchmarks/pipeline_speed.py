@@ -13,9 +13,10 @@ Three measurements on the training split of a benchmark folder (docs/DATA.md):
 * ``model.fit`` for ``--steps`` steps fed by each pipeline against the same
   steps fed from memory (one batch repeated), rounds interleaved, the fastest
   of each kept. The ratio column, files / memory, is the target: at most 1.05.
-  Every round's time is printed beside it: on this machine whole rounds of
-  either feed sometimes run at about 1.4x the step time, so a ratio is only
-  meaningful when each feed has at least one undisturbed round.
+  Every round's time is printed beside it: on the 2-core development machine
+  whole rounds of either feed sometimes run at 1.5-3x the undisturbed step
+  time (docs/BENCHMARKS.md), so a ratio is only meaningful when each feed has
+  at least one undisturbed round.
 
 Run it on an otherwise idle machine: the two sides share the cores.
 """
