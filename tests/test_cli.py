@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,8 @@ TINY = [
     "--batch_size=8",
     "--epochs=2",
 ]
+# An INFO line of a Python file in absl's format ("I1206 17:58:43.677074 1401 functional_saver.py:440] ...").
+INFO_LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \w+\.py:\d+\]", re.MULTILINE)
 # TINY without the synthetic benchmark's own flags, for runs on other sources (which refuse them).
 TRAINING = [f for f in TINY if not f.startswith(("--num_classes", "--train_images", "--eval_images"))]
 
@@ -367,6 +370,8 @@ def test_evaluate_exports_versioned_savedmodels(workdir, tmp_path):
     result = run("evaluate.py", f"--workdir={workdir}", "--export", f"--export_dir={root}", "--model_name=tiny")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "chosen on the val split" in result.stdout
+    # The SavedModel writer's INFO lines stay off unless --verbosity asks for them (the second export does).
+    assert not INFO_LINE.findall(result.stderr), result.stderr[-3000:]
     record = json.load(open(root / "tiny" / "1" / "assets.extra" / "keras_wsol.json"))
     assert record["threshold_source"] == "val split, MaxBoxAcc" and 0 <= record["threshold"] < 1
     assert record["checkpoint"].endswith("best.keras") and os.path.isfile(root / "tiny" / "1" / "saved_model.pb")
@@ -379,8 +384,10 @@ def test_evaluate_exports_versioned_savedmodels(workdir, tmp_path):
         "--localizer=gradcam",
         "--layer=mid",
         "--box_threshold=0.3",
+        "--verbosity=0",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert INFO_LINE.findall(result.stderr), result.stderr[-3000:]
     record = json.load(open(root / "tiny" / "2" / "assets.extra" / "keras_wsol.json"))
     assert (record["localizer"], record["layer"], record["threshold"]) == ("gradcam", "mid", 0.3)
     for args, message in (

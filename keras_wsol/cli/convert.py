@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from keras_wsol.cli.parsing import errors_without_help
+from keras_wsol.cli.parsing import command_main
 from keras_wsol.data import convert as convert_lib
 from keras_wsol.data import sources
 
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Entry point of ``convert.py`` and ``wsol-convert``."""
     define_convert_flags()
-    app.run(errors_without_help(main))
+    app.run(command_main(main))
 
 
 if __name__ == "__main__":

@@ -382,7 +382,7 @@ def run(argv: list[str] | None = None) -> None:
     """The evaluate command: define the flags, parse ``argv``, run the mode they ask for."""
     wsol_flags.define_evaluate_flags()
     parsing.show_in_help(__name__, wsol_flags.__name__)
-    app.run(parsing.errors_without_help(main), argv=argv, flags_parser=parsing.parse_flags)
+    app.run(parsing.command_main(main), argv=argv, flags_parser=parsing.parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How the commands read a command line: flag files checked line by line, renamed flags named, short errors.
 
 Example:
-    >>> wrapped = errors_without_help(lambda argv: None); wrapped(["train.py"]) is None
+    >>> wrapped = command_main(lambda argv: None); wrapped(["train.py"]) is None
     True
 """
 
@@ -13,6 +13,7 @@ from typing import Callable
 from absl import app, flags
 from absl.flags import _helpers
 
+from keras_wsol.cli import quiet
 from keras_wsol.cli.flags import FLAGS, REMOVED, RENAMED
 
 
@@ -23,11 +24,14 @@ def show_in_help(*modules: str) -> None:
             FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def errors_without_help(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-    """``main`` whose ``app.UsageError`` prints ``PROGRAM: error: MESSAGE`` and exits 2, instead of absl's whole flag
-    help before the one line that matters (``--help`` shows the help)."""
+def command_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """``main`` as a command runs it (``app.run``'s main): TensorFlow's Python log at WARNING unless the user chose
+    ``--verbosity`` (:func:`quiet.tensorflow_log_at_warning`), and an ``app.UsageError`` printed as
+    ``PROGRAM: error: MESSAGE`` with exit status 2, instead of absl's whole flag help before the one line that
+    matters (``--help`` shows the help)."""
 
     def wrapped(argv: list[str]) -> None:
+        quiet.tensorflow_log_at_warning(FLAGS)
         try:
             main(argv)
         except app.UsageError as error:

@@ -12,6 +12,15 @@ not reach, are dropped when they are one of the known start-up notices
 (:data:`NOISE`) and written back otherwise. ``TF_CPP_MIN_LOG_LEVEL=0`` shows
 everything.
 
+TensorFlow's Python log is the other source: absl's ``app.run`` lowers the
+root logger to INFO when ``--verbosity`` is not given (the commands' own
+``logging.info`` lines rely on that), and
+TensorFlow's files log through it (most through absl's logger, some through
+the ``tensorflow`` logger), so writing a SavedModel would print half a dozen
+INFO lines (input names renamed, "Sharding callback duration", "Writing
+fingerprint"). :func:`tensorflow_log_at_warning` drops the INFO records of
+TensorFlow's files from absl's handler unless the user chose ``--verbosity``.
+
 Example:
     >>> drop_noise("I0000 00:00:1.2 3 cudart_stub.cc:31] Could not find cuda drivers\\nreal problem\\n")
     'real problem\\n'
@@ -21,11 +30,18 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import re
 import sys
 import tempfile
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+from absl import logging as absl_logging
+
+if TYPE_CHECKING:
+    from absl import flags
 
 #: The start-up notices TensorFlow writes whatever the log level (they name no problem of the run).
 NOISE = re.compile(
@@ -89,3 +105,27 @@ def install() -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if not any(isinstance(finder, _QuietFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder())
+
+
+class _TensorFlowInfo(logging.Filter):
+    """Drops the records below WARNING that TensorFlow's own files log (through absl's logger or ``tensorflow``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+
+
+def tensorflow_log_at_warning(flag_values: "flags.FlagValues") -> None:
+    """Keep TensorFlow's Python INFO lines off absl's log handler unless ``flag_values`` (parsed) has
+    ``--verbosity`` given (see the module docstring); the commands' own INFO lines still show. Idempotent.
+
+    Example:
+        >>> from absl import flags, logging as absl_logging  # absl.logging defines --verbosity
+        >>> tensorflow_log_at_warning(flags.FLAGS)
+        >>> record = logging.LogRecord("absl", logging.INFO, "/x/tensorflow/python/saver.py", 1, "m", None, None)
+        >>> absl_logging.get_absl_handler().filter(record)
+        False
+    """
+    handler = absl_logging.get_absl_handler()
+    if flag_values["verbosity"].present or any(isinstance(f, _TensorFlowInfo) for f in handler.filters):
+        return
+    handler.addFilter(_TensorFlowInfo())

@@ -359,7 +359,7 @@ def run(argv: list[str] | None = None) -> None:
     """The train command: define the flags (every registered method's included), parse ``argv``, train."""
     wsol_flags.define_train_flags()
     parsing.show_in_help(__name__, wsol_flags.__name__)
-    app.run(parsing.errors_without_help(main), argv=argv, flags_parser=parsing.parse_flags)
+    app.run(parsing.command_main(main), argv=argv, flags_parser=parsing.parse_flags)
 
 
 if __name__ == "__main__":
