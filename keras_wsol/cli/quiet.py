@@ -108,10 +108,14 @@ def install() -> None:
 
 
 class _TensorFlowInfo(logging.Filter):
-    """Drops the records below WARNING that TensorFlow's own files log (through absl's logger or ``tensorflow``)."""
+    """Drops the records below WARNING logged from TensorFlow's package files (through absl's logger or
+    ``tensorflow``); nothing while TensorFlow is not imported."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+        package = getattr(sys.modules.get("tensorflow"), "__file__", None)
+        if record.levelno >= logging.WARNING or not package:
+            return True
+        return not record.pathname.startswith(os.path.dirname(package) + os.sep)
 
 
 def tensorflow_log_at_warning(flag_values: "flags.FlagValues") -> None:
@@ -119,11 +123,13 @@ def tensorflow_log_at_warning(flag_values: "flags.FlagValues") -> None:
     ``--verbosity`` given (see the module docstring); the commands' own INFO lines still show. Idempotent.
 
     Example:
+        >>> import tensorflow
         >>> from absl import flags, logging as absl_logging  # absl.logging defines --verbosity
         >>> tensorflow_log_at_warning(flags.FLAGS)
-        >>> record = logging.LogRecord("absl", logging.INFO, "/x/tensorflow/python/saver.py", 1, "m", None, None)
-        >>> absl_logging.get_absl_handler().filter(record)
-        False
+        >>> saver = os.path.join(os.path.dirname(tensorflow.__file__), "python", "saver.py")
+        >>> [absl_logging.get_absl_handler().filter(logging.LogRecord("absl", logging.INFO, path, 1, "m", None, None))
+        ...  for path in (saver, "/home/me/keras_wsol/cli/train.py")]
+        [False, True]
     """
     handler = absl_logging.get_absl_handler()
     if flag_values["verbosity"].present or any(isinstance(f, _TensorFlowInfo) for f in handler.filters):
