@@ -18,11 +18,11 @@ Three measurements on the training split of a benchmark folder (docs/DATA.md):
   not). Each pipeline round is paired with the memory round of the same turn
   of the rotation (at most two rounds apart), and the median of the paired
   ratios is the figure against the target (at most 1.05), with its
-  quartiles. On the 2-core development machine whole rounds
-  of either feed sometimes run at 1.5-3x the undisturbed step time
-  (docs/BENCHMARKS.md); pairing neighbours and taking the median keeps a
-  disturbed round from deciding the figure, which the fastest-of-N rule of
-  earlier versions did not when a feed had no clean round.
+  quartiles. On the 2-core development machine whole rounds of either feed
+  sometimes run at 1.5-3x the undisturbed step time (docs/BENCHMARKS.md);
+  pairing neighbours and taking the median keeps a disturbed round from
+  deciding the figure, which the fastest-of-N rule of earlier versions did
+  not when a feed had no clean round.
 
 Run it on an otherwise idle machine: the two sides share the cores.
 """

@@ -25,13 +25,13 @@ def show_in_help(*modules: str) -> None:
 
 
 def command_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-    """``main`` as a command runs it (``app.run``'s main): TensorFlow's Python log at WARNING unless the user chose
-    ``--verbosity`` (:func:`quiet.tensorflow_log_at_warning`), and an ``app.UsageError`` printed as
+    """``main`` as a command runs it (``app.run``'s main): TensorFlow's Python INFO lines hidden unless the user
+    chose ``--verbosity`` (:func:`quiet.hide_tensorflow_info`), and an ``app.UsageError`` printed as
     ``PROGRAM: error: MESSAGE`` with exit status 2, instead of absl's whole flag help before the one line that
     matters (``--help`` shows the help)."""
 
     def wrapped(argv: list[str]) -> None:
-        quiet.tensorflow_log_at_warning(FLAGS)
+        quiet.hide_tensorflow_info(FLAGS)
         try:
             main(argv)
         except app.UsageError as error:

@@ -14,12 +14,12 @@ everything.
 
 TensorFlow's Python log is the other source: absl's ``app.run`` lowers the
 root logger to INFO when ``--verbosity`` is not given (the commands' own
-``logging.info`` lines rely on that), and
-TensorFlow's files log through it (most through absl's logger, some through
-the ``tensorflow`` logger), so writing a SavedModel would print half a dozen
-INFO lines (input names renamed, "Sharding callback duration", "Writing
-fingerprint"). :func:`tensorflow_log_at_warning` drops the INFO records of
-TensorFlow's files from absl's handler unless the user chose ``--verbosity``.
+``logging.info`` lines rely on that), and TensorFlow's files log through it
+(most through absl's logger, some through the ``tensorflow`` logger), so
+writing a SavedModel would print half a dozen INFO lines (input names
+renamed, "Sharding callback duration", "Writing fingerprint").
+:func:`hide_tensorflow_info` drops the INFO records of TensorFlow's files from
+absl's handler unless the user chose ``--verbosity``.
 
 Example:
     >>> drop_noise("I0000 00:00:1.2 3 cudart_stub.cc:31] Could not find cuda drivers\\nreal problem\\n")
@@ -36,12 +36,9 @@ import re
 import sys
 import tempfile
 from types import ModuleType
-from typing import TYPE_CHECKING
 
+from absl import flags
 from absl import logging as absl_logging
-
-if TYPE_CHECKING:
-    from absl import flags
 
 #: The start-up notices TensorFlow writes whatever the log level (they name no problem of the run).
 NOISE = re.compile(
@@ -118,14 +115,14 @@ class _TensorFlowInfo(logging.Filter):
         return not record.pathname.startswith(os.path.dirname(package) + os.sep)
 
 
-def tensorflow_log_at_warning(flag_values: "flags.FlagValues") -> None:
+def hide_tensorflow_info(flag_values: flags.FlagValues) -> None:
     """Keep TensorFlow's Python INFO lines off absl's log handler unless ``flag_values`` (parsed) has
     ``--verbosity`` given (see the module docstring); the commands' own INFO lines still show. Idempotent.
 
     Example:
         >>> import tensorflow
         >>> from absl import flags, logging as absl_logging  # absl.logging defines --verbosity
-        >>> tensorflow_log_at_warning(flags.FLAGS)
+        >>> hide_tensorflow_info(flags.FLAGS)
         >>> saver = os.path.join(os.path.dirname(tensorflow.__file__), "python", "saver.py")
         >>> [absl_logging.get_absl_handler().filter(logging.LogRecord("absl", logging.INFO, path, 1, "m", None, None))
         ...  for path in (saver, "/home/me/keras_wsol/cli/train.py")]
